@@ -137,6 +137,10 @@ class LoadReport:
         return "; ".join(lines) if lines else f"all {len(self.loaded)} variables loaded"
 
 
+# Parts a model may be built without: the aux head and the final layer (feature-vector models).
+_OPTIONAL_PART = re.compile(r"aux_\d+/aux_logits/|final_layer/FC/")
+
+
 def _is_optional(tf_name: str) -> bool:
     # The released checkpoints have no aux head (tensorflow/models#3822, #8643).
     return tf_name.startswith("aux_")
@@ -167,6 +171,7 @@ def load_tf_slim_variables(model: nn.Module, source: Any, *, prefer_moving_avera
     state = model.state_dict()
 
     plan: list[tuple[str, str, TFVariable]] = []  # (state key, source name, variable)
+    misshaped: set[str] = set()
     for key, var in table.items():
         name = var.tf_name
         if prefer_moving_averages and name + _EMA_SUFFIX in available:
@@ -179,19 +184,17 @@ def load_tf_slim_variables(model: nn.Module, source: Any, *, prefer_moving_avera
         needed = var.to_tf(np.broadcast_to(np.uint8(0), tuple(state[key].shape))).shape
         if tuple(shape_of(name)) != tuple(needed):
             report.mismatched.append(f"{name}: {tuple(shape_of(name))} in source, model needs {tuple(needed)}")
+            misshaped.add(name)
             continue
         plan.append((key, name, var))
 
-    used = {name for _, name, _ in plan}
+    used = {name for _, name, _ in plan} | misshaped
     for name in sorted(available - used):
         base = name[: -len(_EMA_SUFFIX)] if name.endswith(_EMA_SUFFIX) else name
-        if _TRAINING_ONLY.search(name) or (base in wanted and base != name) or \
-                (name.endswith(_EMA_SUFFIX) and base in available):
+        # Ignored: training-only state, the raw/averaged twin of a variable loaded the other way,
+        # and the parts (aux head, final layer) this model was built without.
+        if _TRAINING_ONLY.search(name) or base in wanted or _OPTIONAL_PART.match(base):
             report.ignored.append(name)
-        elif base not in wanted and (_is_optional(base) or base.startswith("final_layer/")):
-            report.ignored.append(name)  # parts this model was built without
-        elif base in wanted:
-            continue  # mis-shaped: already reported
         else:
             report.unexpected.append(name)
 

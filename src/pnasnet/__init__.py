@@ -1,0 +1,14 @@
+"""pnasnet: PNASNet-5 Large and Mobile in PyTorch, exactly TF-Slim's function, with the TF-Hub
+image-classification and feature-vector signatures.
+
+    import pnasnet, torch
+    model = pnasnet.create_model("pnasnet5_large")          # eval mode; weights=... to load
+    logits = model.classify(torch.rand(2, 3, 331, 331))     # [2, 1001], 0 = background
+    feats = model.features(torch.rand(2, 3, 331, 331))      # [2, 4320]
+"""
+
+from .api import create_model, list_models
+from .model import LARGE, MOBILE, PNASNet, PNASNetConfig
+
+__version__ = "0.1.0"
+__all__ = ["LARGE", "MOBILE", "PNASNet", "PNASNetConfig", "create_model", "list_models"]

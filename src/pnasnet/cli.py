@@ -1,0 +1,72 @@
+"""Command line: argument parsing and printing only; the work is done by the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .api import VARIANTS
+
+    for name, variant in sorted(VARIANTS.items()):
+        print(f"{name:32s} {variant.description}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from .api import create_model
+
+    model = create_model(args.model, weights=args.weights)
+    size = args.image_size or model.expected_image_size[0]
+    images = torch.rand(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model(images)
+    seconds = time.perf_counter() - start
+    info = {
+        "model": args.model,
+        "weights": str(args.weights) if args.weights else "random initialisation",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "expected_image_size": list(model.expected_image_size),
+        "min_image_size": model.min_image_size,
+        "num_classes": model.num_classes,
+        "num_features": model.num_features,
+        "endpoints": model.endpoint_names,
+        "ran": {"input": list(images.shape), "output": list(out.shape), "seconds": round(seconds, 3)},
+    }
+    if model.num_classes:
+        top = out.softmax(-1).max(-1)
+        info["ran"]["top1_class"] = top.indices.tolist()
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pnasnet", description="PNASNet-5 in PyTorch, exact to TF-Slim.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("models", help="list the model variants").set_defaults(func=_cmd_models)
+    info = sub.add_parser("info", help="build a model, run a random batch through it, print a summary")
+    info.add_argument("model", nargs="?", default="pnasnet5_large")
+    info.add_argument("--weights", help="TF-Slim checkpoint prefix, .index file or folder")
+    info.add_argument("--image-size", type=int, help="side of the random test images (default: the model's)")
+    info.add_argument("--batch-size", type=int, default=1)
+    info.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+        print(f"pnasnet: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
