@@ -24,21 +24,24 @@ bfloat16                                                   ``float32``, exactly 
 string                                                     ``object`` array of ``bytes``
 =========================================================  =====================================
 
-Not supported (clear error on reading): quantized types, float8, resource and variant tensors,
-partitioned ("sliced") variables and big-endian checkpoints. The arrays returned are in the
-machine's byte order, writable, and own their memory.
+Not supported, with a clear error when read: quantized types, float8, resource and variant
+tensors, partitioned ("sliced") variables. Big-endian checkpoints are refused when opened. The
+arrays returned are in the machine's byte order, C-contiguous, writable, and shared with nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import io
+import math
 import os
 import re
 import struct
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterable, Iterator
 
 import google_crc32c
 import numpy as np
@@ -50,7 +53,7 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupt, or uses a feature we do not read."""
 
 
-class _Malformed(Exception):
+class _MalformedError(Exception):
     """Raised by the byte-level decoders; callers turn it into a CheckpointError with context."""
 
 
@@ -68,7 +71,7 @@ def _mask_crc(crc: int) -> int:
 
 def _crc32c(data: bytes | np.ndarray, crc: int = 0) -> int:
     """CRC32C of ``data`` (bytes or a C-contiguous numpy array, checksummed in place)."""
-    return google_crc32c.extend(crc, data)
+    return int(google_crc32c.extend(crc, data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,6 +79,7 @@ def _crc32c(data: bytes | np.ndarray, crc: int = 0) -> int:
 # --------------------------------------------------------------------------------------------
 
 _WIRE_VARINT, _WIRE_FIXED64, _WIRE_BYTES, _WIRE_FIXED32 = 0, 1, 2, 5
+_Fields = dict[int, list[int | bytes]]  # a decoded message: field number -> values in order
 
 
 def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
@@ -83,7 +87,7 @@ def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if pos >= end:
-            raise _Malformed("a varint runs past the end of its data")
+            raise _MalformedError("a varint runs past the end of its data")
         byte = buf[pos]
         pos += 1
         value |= (byte & 0x7F) << shift
@@ -91,12 +95,12 @@ def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
             return value, pos
         shift += 7
         if shift >= 70:
-            raise _Malformed("a varint is longer than 10 bytes")
+            raise _MalformedError("a varint is longer than 10 bytes")
 
 
-def _decode_proto(buf: bytes) -> dict[int, list[int | bytes]]:
+def _decode_proto(buf: bytes) -> _Fields:
     """Split a serialized message into {field number: [values]} (varints and fixed as ints)."""
-    fields: dict[int, list[int | bytes]] = {}
+    fields: _Fields = {}
     pos, end = 0, len(buf)
     while pos < end:
         tag, pos = _read_varint(buf, pos, end)
@@ -107,46 +111,46 @@ def _decode_proto(buf: bytes) -> dict[int, list[int | bytes]]:
         elif wire_type in (_WIRE_FIXED64, _WIRE_FIXED32):
             width = 8 if wire_type == _WIRE_FIXED64 else 4
             if pos + width > end:
-                raise _Malformed(f"field {number} runs past the end of the message")
+                raise _MalformedError(f"field {number} runs past the end of the message")
             value = int.from_bytes(buf[pos:pos + width], "little")
             pos += width
         elif wire_type == _WIRE_BYTES:
             length, pos = _read_varint(buf, pos, end)
             if pos + length > end:
-                raise _Malformed(f"field {number} runs past the end of the message")
+                raise _MalformedError(f"field {number} runs past the end of the message")
             value = bytes(buf[pos:pos + length])
             pos += length
         else:
-            raise _Malformed(f"field {number} has unsupported wire type {wire_type}")
+            raise _MalformedError(f"field {number} has unsupported wire type {wire_type}")
         if number == 0:
-            raise _Malformed("field number 0")
+            raise _MalformedError("field number 0")
         fields.setdefault(number, []).append(value)
     return fields
 
 
-def _int_field(fields: dict[int, list[int | bytes]], number: int, *, bits: int = 64) -> int:
+def _int_field(fields: _Fields, number: int, *, bits: int = 64) -> int:
     """The last value of a signed integer field (proto3 semantics: absent means 0)."""
     values = fields.get(number)
     if not values:
         return 0
     value = values[-1]
     if not isinstance(value, int):
-        raise _Malformed(f"field {number} should be an integer")
+        raise _MalformedError(f"field {number} should be an integer")
     value &= (1 << bits) - 1  # negative int32s are sign-extended to 10-byte varints
     return value - (1 << bits) if value >> (bits - 1) else value
 
 
-def _fixed32_field(fields: dict[int, list[int | bytes]], number: int) -> int:
+def _fixed32_field(fields: _Fields, number: int) -> int:
     """The last value of an unsigned fixed32 field (absent means 0)."""
     values = fields.get(number)
     if not values:
         return 0
     if not isinstance(values[-1], int):
-        raise _Malformed(f"field {number} should be a fixed32")
+        raise _MalformedError(f"field {number} should be a fixed32")
     return values[-1]
 
 
-def _repeated_int_field(fields: dict[int, list[int | bytes]], number: int) -> list[int]:
+def _repeated_int_field(fields: _Fields, number: int) -> list[int]:
     """A repeated integer field, packed (proto3's default: one run of varints) or not."""
     values: list[int] = []
     for value in fields.get(number, []):
@@ -160,11 +164,11 @@ def _repeated_int_field(fields: dict[int, list[int | bytes]], number: int) -> li
     return values
 
 
-def _message_field(fields: dict[int, list[int | bytes]], number: int) -> dict[int, list[int | bytes]]:
+def _message_field(fields: _Fields, number: int) -> _Fields:
     """The sub-message in field ``number`` (parts of a repeated-and-merged message concatenated)."""
     parts = fields.get(number, [])
     if any(not isinstance(part, bytes) for part in parts):
-        raise _Malformed(f"field {number} should be a message")
+        raise _MalformedError(f"field {number} should be a message")
     return _decode_proto(b"".join(parts))  # type: ignore[arg-type]
 
 
@@ -217,7 +221,7 @@ class _BundleEntry:
 
     @property
     def num_elements(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        return math.prod(self.shape)  # exact (no int64 overflow); 1 for a scalar
 
 
 def _parse_bundle_header(value: bytes) -> _BundleHeader:
@@ -232,16 +236,16 @@ def _parse_bundle_header(value: bytes) -> _BundleHeader:
     )
 
 
-def _parse_shape(fields: dict[int, list[int | bytes]]) -> tuple[int, ...]:
+def _parse_shape(fields: _Fields) -> tuple[int, ...]:
     if _int_field(fields, 3):
-        raise _Malformed("the shape has unknown rank")
+        raise _MalformedError("the shape has unknown rank")
     dims = []
     for dim_bytes in fields.get(2, []):
         if not isinstance(dim_bytes, bytes):
-            raise _Malformed("a shape dimension should be a message")
+            raise _MalformedError("a shape dimension should be a message")
         size = _int_field(_decode_proto(dim_bytes), 1)
         if size < 0:
-            raise _Malformed(f"the shape has an unknown ({size}) dimension")
+            raise _MalformedError(f"the shape has an unknown ({size}) dimension")
         dims.append(size)
     return tuple(dims)
 
@@ -298,7 +302,7 @@ def _read_footer(index: bytes, label: str) -> tuple[_BlockHandle, _BlockHandle]:
     try:
         metaindex, pos = _decode_block_handle(index, footer_start, footer_start + 40)
         index_block, _ = _decode_block_handle(index, pos, footer_start + 40)
-    except _Malformed as error:
+    except _MalformedError as error:
         raise CheckpointError(f"{label}: corrupt table footer: {error}") from None
     return metaindex, index_block
 
@@ -339,10 +343,10 @@ def _iterate_block(block: bytes) -> Iterator[tuple[bytes, bytes]]:
     "restart" offsets (entries with no shared prefix, for binary search) ends with its count.
     """
     if len(block) < 4:
-        raise _Malformed("a block is too short for its restart count")
+        raise _MalformedError("a block is too short for its restart count")
     num_restarts = int.from_bytes(block[-4:], "little")
     if num_restarts > (len(block) - 4) // 4:
-        raise _Malformed(f"a block claims {num_restarts} restart points, more than fit")
+        raise _MalformedError(f"a block claims {num_restarts} restart points, more than fit")
     entries_end = len(block) - 4 * (num_restarts + 1)
     pos, key = 0, b""
     while pos < entries_end:
@@ -350,9 +354,9 @@ def _iterate_block(block: bytes) -> Iterator[tuple[bytes, bytes]]:
         unshared, pos = _read_varint(block, pos, entries_end)
         value_length, pos = _read_varint(block, pos, entries_end)
         if shared > len(key):
-            raise _Malformed(f"an entry shares {shared} key bytes with a {len(key)}-byte key")
+            raise _MalformedError(f"an entry shares {shared} key bytes with a {len(key)}-byte key")
         if pos + unshared + value_length > entries_end:
-            raise _Malformed("an entry runs past the end of its block")
+            raise _MalformedError("an entry runs past the end of its block")
         key = key[:shared] + block[pos:pos + unshared]
         pos += unshared
         yield key, block[pos:pos + value_length]
@@ -361,7 +365,9 @@ def _iterate_block(block: bytes) -> Iterator[tuple[bytes, bytes]]:
 
 def _read_table(index: bytes, label: str) -> list[tuple[bytes, bytes]]:
     """All (key, value) pairs of the sorted table, checked to be in strictly increasing order."""
-    _, index_handle = _read_footer(index, label)
+    metaindex_handle, index_handle = _read_footer(index, label)
+    # TF's tables have no filters, so the metaindex block is empty; it is only checked for damage.
+    _read_block(index, metaindex_handle, label, "metaindex block")
     index_block = _read_block(index, index_handle, label, "index block")
     pairs: list[tuple[bytes, bytes]] = []
     try:
@@ -370,9 +376,9 @@ def _read_table(index: bytes, label: str) -> list[tuple[bytes, bytes]]:
             data_block = _read_block(index, handle, label, "data block")
             for key, value in _iterate_block(data_block):
                 if pairs and key <= pairs[-1][0]:
-                    raise _Malformed(f"keys out of order at {key!r}")
+                    raise _MalformedError(f"keys out of order at {key!r}")
                 pairs.append((key, value))
-    except _Malformed as error:
+    except _MalformedError as error:
         raise CheckpointError(f"{label}: corrupt table: {error}") from None
     return pairs
 
@@ -411,10 +417,10 @@ def _prefix_from_state_file(directory: Path, state_file: Path) -> Path:
     try:
         text = state_file.read_text(encoding="utf-8", errors="surrogateescape")
     except OSError as error:
-        raise CheckpointError(f"{state_file}: cannot read the checkpoint state file: {error}") from None
+        raise CheckpointError(f"{state_file}: cannot read the state file: {error}") from None
     match = _MODEL_CHECKPOINT_PATH.search(text)
     if match is None:
-        raise CheckpointError(f"{state_file}: no model_checkpoint_path in the checkpoint state file")
+        raise CheckpointError(f"{state_file}: no model_checkpoint_path in the state file")
     named = Path(_unescape_text_proto(match.group(1)))
     candidates = [directory / named]  # relative paths are relative to the state file's folder
     if named.is_absolute():
@@ -488,14 +494,14 @@ def _decode_strings(buf: bytes, count: int) -> tuple[list[bytes], int]:
         lengths.append(length)
         crc = _crc32c(struct.pack("<I" if length <= 0xFFFFFFFF else "<Q", length), crc)
     if pos + 4 > len(buf):
-        raise _Malformed("the string lengths run past the tensor's bytes")
+        raise _MalformedError("the string lengths run past the tensor's bytes")
     stored_lengths_crc = buf[pos:pos + 4]
     if int.from_bytes(stored_lengths_crc, "little") != _mask_crc(crc):
-        raise _Malformed("the string lengths' checksum does not match (corrupt data file)")
+        raise _MalformedError("the string lengths' checksum does not match (corrupt data file)")
     crc = _crc32c(stored_lengths_crc, crc)
     start = pos + 4
     if start + sum(lengths) != len(buf):
-        raise _Malformed(
+        raise _MalformedError(
             f"the string lengths add up to {start + sum(lengths)} bytes, not the {len(buf)} stored"
         )
     strings = []
@@ -527,12 +533,12 @@ class TFCheckpoint:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, verify: bool = True) -> None:
-        self._prefix = _resolve_prefix(Path(path))
+        self._open_shards: dict[int, tuple[io.FileIO, int]] = {}  # shard id -> (file, its size)
+        self._lock = threading.Lock()  # a read is seek + read on a shared file
         self._verify = verify
+        self._prefix = _resolve_prefix(Path(path))
         self._index_path = _index_filename(self._prefix)
         self._header, self._entries = self._load_index(self._index_path)
-        self._open_shards: dict[int, tuple[BinaryIO, int]] = {}  # shard id -> (file, its size)
-        self._lock = threading.Lock()  # a read is seek + read on a shared file
 
     # -- index ------------------------------------------------------------------------------
 
@@ -548,7 +554,7 @@ class TFCheckpoint:
             raise CheckpointError(f"{label}: not a TensorFlow V2 checkpoint index: no header entry")
         try:
             header = _parse_bundle_header(pairs[0][1])
-        except _Malformed as error:
+        except _MalformedError as error:
             raise CheckpointError(f"{label}: corrupt bundle header: {error}") from None
         TFCheckpoint._check_header(header, label)
 
@@ -561,7 +567,7 @@ class TFCheckpoint:
             try:
                 name = key.decode("utf-8")
                 entry = _parse_bundle_entry(value)
-            except (UnicodeDecodeError, _Malformed) as error:
+            except (UnicodeDecodeError, _MalformedError) as error:
                 raise CheckpointError(f"{label}: corrupt entry for key {key!r}: {error}") from None
             TFCheckpoint._check_entry(entry, name, header, label)
             entries[name] = entry
@@ -572,8 +578,9 @@ class TFCheckpoint:
         if header.big_endian:
             raise CheckpointError(f"{label}: big-endian checkpoints are not supported")
         if header.num_shards < 1:
-            raise CheckpointError(f"{label}: corrupt bundle header: {header.num_shards} data shards")
-        if header.min_consumer > _BUNDLE_FORMAT_VERSION or _BUNDLE_FORMAT_VERSION in header.bad_consumers:
+            raise CheckpointError(f"{label}: corrupt header: {header.num_shards} data shards")
+        too_new = header.min_consumer > _BUNDLE_FORMAT_VERSION
+        if too_new or _BUNDLE_FORMAT_VERSION in header.bad_consumers:
             raise CheckpointError(
                 f"{label}: tensor-bundle format version {header.producer} (needs a reader of at "
                 f"least version {header.min_consumer}); this reader implements version "
@@ -625,7 +632,7 @@ class TFCheckpoint:
         return self._entry(name).shape
 
     def dtype(self, name: str) -> np.dtype:
-        """The numpy dtype :meth:`read` returns (``float32`` for bfloat16, ``object`` for strings)."""
+        """The numpy dtype :meth:`read` returns (float32 for bfloat16, object for strings)."""
         entry = self._entry(name)
         if entry.dtype_enum == _DT_STRING:
             return np.dtype(object)
@@ -634,7 +641,7 @@ class TFCheckpoint:
         return self._fixed_width_dtype(entry, name)[1].newbyteorder("=")
 
     def tf_dtype(self, name: str) -> str:
-        """TensorFlow's name for the stored dtype, e.g. ``"float32"``, ``"bfloat16"``, ``"string"``."""
+        """TensorFlow's name for the stored dtype: ``"float32"``, ``"bfloat16"``, ``"string"``..."""
         entry = self._entry(name)
         if entry.dtype_enum == _DT_STRING:
             return "string"
@@ -682,8 +689,7 @@ class TFCheckpoint:
                 f"{file_dtype.name} should have {expected_size} bytes, the index says {entry.size} "
                 f"(corrupt index)"
             )
-        raw = np.empty(entry.size, dtype=np.uint8)
-        self._read_into(entry, name, raw)
+        raw = self._read_raw(entry, name)
         if verify:
             self._check_crc(entry, name, _crc32c(raw))
         values = raw.view(file_dtype)
@@ -700,14 +706,14 @@ class TFCheckpoint:
         return {name: self.read(name, verify=verify) for name in chosen}
 
     def _read_strings(self, entry: _BundleEntry, name: str, verify: bool) -> np.ndarray:
-        raw = np.empty(entry.size, dtype=np.uint8)
-        self._read_into(entry, name, raw)
+        raw = self._read_raw(entry, name)
         strings: list[bytes] = []
-        if entry.size:  # TF writes nothing at all for some empty string tensors
+        if entry.size:  # TF writes at least the lengths' checksum, but its reader accepts nothing
             try:
                 strings, crc = _decode_strings(raw.tobytes(), entry.num_elements)
-            except _Malformed as error:
-                raise CheckpointError(f"{self._data_path(entry)}: tensor '{name}': {error}") from None
+            except _MalformedError as error:
+                path = self._data_path(entry)
+                raise CheckpointError(f"{path}: tensor '{name}': {error}") from None
             if verify:
                 self._check_crc(entry, name, crc)
         if len(strings) != entry.num_elements:
@@ -730,10 +736,10 @@ class TFCheckpoint:
     def _data_path(self, entry: _BundleEntry) -> Path:
         return _data_filename(self._prefix, entry.shard_id, self._header.num_shards)
 
-    def _read_into(self, entry: _BundleEntry, name: str, out: np.ndarray) -> None:
-        """Fill ``out`` with the entry's bytes, after checking they lie within the file."""
+    def _read_raw(self, entry: _BundleEntry, name: str) -> np.ndarray:
+        """The entry's bytes in a new array, after checking that they lie within the file."""
         if entry.size == 0:
-            return
+            return np.empty(0, dtype=np.uint8)  # needs no file (TF's zero-size tensors)
         with self._lock:
             file, file_size = self._shard(entry, name)
             path = self._data_path(entry)
@@ -743,26 +749,29 @@ class TFCheckpoint:
                     f"{path}: tensor '{name}' needs bytes {entry.offset}..{end} but the file has "
                     f"{file_size} bytes (truncated?)"
                 )
+            raw = np.empty(entry.size, dtype=np.uint8)
             try:
                 file.seek(entry.offset)
-                view, filled = memoryview(out), 0
-                while filled < entry.size:
+                view, filled = raw.data, 0
+                while filled < entry.size:  # a raw read may return less than asked
                     count = file.readinto(view[filled:])
                     if not count:
                         raise CheckpointError(
-                            f"{path}: tensor '{name}': the file ended after {entry.offset + filled} "
-                            f"bytes, before byte {end} (truncated while open?)"
+                            f"{path}: tensor '{name}': the file ended at byte "
+                            f"{entry.offset + filled}, before byte {end} (truncated while open?)"
                         )
                     filled += count
             except OSError as error:
                 raise CheckpointError(f"{path}: cannot read tensor '{name}': {error}") from None
+        return raw
 
-    def _shard(self, entry: _BundleEntry, name: str) -> tuple[BinaryIO, int]:
+    def _shard(self, entry: _BundleEntry, name: str) -> tuple[io.FileIO, int]:
         """The open data file holding the entry, and its size (opened on first use)."""
         if entry.shard_id not in self._open_shards:
             path = self._data_path(entry)
             try:
-                file: BinaryIO = open(path, "rb", buffering=0)  # unbuffered: readinto goes direct
+                # Unbuffered, so that readinto goes straight into the array; kept open for reuse.
+                file = io.FileIO(path, "rb")
             except FileNotFoundError:
                 raise CheckpointError(
                     f"missing shard file {path}: tensor '{name}' is stored in shard "
@@ -789,13 +798,13 @@ class TFCheckpoint:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        # At interpreter shutdown or after a failed __init__ there may be nothing left to close.
+        with contextlib.suppress(Exception):
             self.close()
-        except Exception:  # interpreter shutdown or a half-built object: nothing to do
-            pass
 
 
-def read_tf_checkpoint(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, np.ndarray]:
-    """Every tensor of a TensorFlow V2 checkpoint as ``{name: numpy array}`` (see :class:`TFCheckpoint`)."""
+def read_tf_checkpoint(path: str | os.PathLike[str], *, verify: bool = True
+                       ) -> dict[str, np.ndarray]:
+    """Every tensor of a V2 checkpoint as ``{name: array}`` (see :class:`TFCheckpoint`)."""
     with TFCheckpoint(path, verify=verify) as checkpoint:
         return checkpoint.to_dict()
