@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--image-size", type=int, help="side of the random test images (default: the model's)")
     info.add_argument("--batch-size", type=int, default=1)
     info.set_defaults(func=_cmd_info)
+    # Command groups live in their own modules; each adds its subcommands here.
+    from .cli_inference import add_inference_commands
+    from .cli_weights import add_weights_commands
+
+    add_inference_commands(sub)
+    add_weights_commands(sub)
     return parser
 
 

@@ -1,0 +1,9 @@
+"""Command line: the `inference` commands (argument parsing and printing only)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_inference_commands(sub: argparse._SubParsersAction) -> None:
+    """Register this group's subcommands on the top-level parser."""

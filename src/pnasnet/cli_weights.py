@@ -1,0 +1,9 @@
+"""Command line: the `weights` commands (argument parsing and printing only)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_weights_commands(sub: argparse._SubParsersAction) -> None:
+    """Register this group's subcommands on the top-level parser."""
