@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from .model import LARGE, MOBILE, PNASNet, PNASNetConfig
 from .model.ops import DEFAULT_BN_DECAY
@@ -29,28 +30,69 @@ def list_models() -> list[str]:
     return sorted(VARIANTS)
 
 
+def _classes_for(variant: Variant, source_classes: int | None, requested: int | None, where: str) -> int:
+    """Number of classes of the model to build for weights with ``source_classes``."""
+    if requested is not None:
+        return requested
+    if variant.num_classes == 0:
+        return 0  # feature vector: any final layer in the source is ignored
+    if source_classes is None:
+        raise ValueError(f"{where} has no final layer (a feature-vector source); use the "
+                         "*_feature_vector model or pass num_classes=0")
+    # A 1000-class source keeps the 1001-logit contract (background row added, untrained) unless
+    # num_classes=1000 asks for its own head; any other count is a custom head, taken as it is.
+    return variant.num_classes if source_classes == 1000 else source_classes
+
+
+def resolve_weights(name: str, weights: str | os.PathLike, *, progress: bool = True) -> Path:
+    """A local path as it is, or a registry source name fetched into the cache."""
+    path = Path(weights).expanduser()
+    if path.exists() or Path(str(path) + ".index").exists():
+        return path
+    text = str(weights)
+    if "/" not in text and os.sep not in text and "." not in text:
+        from .weights.sources import fetch, find_source
+
+        return fetch(find_source(name, text), progress=progress)
+    raise FileNotFoundError(f"{weights}: no such file, folder or checkpoint prefix")
+
+
 def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None = None, *,
                  num_classes: int | None = None, aux_head: bool = False,
                  batch_norm_decay: float = DEFAULT_BN_DECAY, drop_path_keep_prob: float | None = None,
-                 dropout_keep_prob: float | None = None, prefer_moving_averages: bool = False) -> PNASNet:
+                 dropout_keep_prob: float | None = None, prefer_moving_averages: bool = False,
+                 progress: bool = True) -> PNASNet:
     """Build a PNASNet-5 variant, in eval (inference) mode; call ``.train()`` to fine-tune.
 
     Args:
         name: one of ``list_models()``; ``*_feature_vector`` variants have no final layer.
-        weights: None for random initialisation, or a TF-Slim checkpoint (prefix such as
-            ``.../model.ckpt``, its ``.index`` file, or the directory holding it).
-        num_classes: override the variant's number of classes (0 = feature vector).
+        weights: None for random initialisation; a known source ("tf-slim", "tf-hub", "timm",
+            "cadene"; downloaded once into the cache and verified); or a local file or folder of any
+            supported form: TF-Slim checkpoint (prefix, ``.index`` or folder), release tarball,
+            TF1 hub module (folder or tarball), Cadene/timm ``.pth``/``.safetensors``, or this
+            package's ``.safetensors``.
+        num_classes: classes of the final layer (0 = feature vector). By default the variant's
+            1001; a 1000-class source (timm) then gets an untrained background row 0, while
+            ``num_classes=1000`` keeps its 1000-class head; a custom head is taken as it is.
         aux_head, batch_norm_decay, drop_path_keep_prob, dropout_keep_prob: see ``PNASNet``.
         prefer_moving_averages: load ``ExponentialMovingAverage`` shadows where the checkpoint has them.
     """
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
     variant = VARIANTS[name]
-    model = PNASNet(variant.config, num_classes=variant.num_classes if num_classes is None else num_classes,
-                    aux_head=aux_head, batch_norm_decay=batch_norm_decay,
-                    drop_path_keep_prob=drop_path_keep_prob, dropout_keep_prob=dropout_keep_prob)
-    if weights is not None:
-        from .weights import load_weights
+    options = dict(aux_head=aux_head, batch_norm_decay=batch_norm_decay,
+                   drop_path_keep_prob=drop_path_keep_prob, dropout_keep_prob=dropout_keep_prob)
+    if weights is None:
+        classes = variant.num_classes if num_classes is None else num_classes
+        return PNASNet(variant.config, num_classes=classes, **options).eval()
 
-        load_weights(model, weights, prefer_moving_averages=prefer_moving_averages)
+    from .weights.formats import open_weights
+    from .weights.loading import load_from_source
+
+    path = resolve_weights(name, weights, progress=progress)
+    with open_weights(path) as source:
+        classes = _classes_for(variant, source.num_classes, num_classes, str(path))
+        model = PNASNet(variant.config, num_classes=classes, **options)
+        model.weights_report = load_from_source(model, source, prefer_moving_averages=prefer_moving_averages)
+        model.weights_source = {"weights": str(weights), "path": str(path), "kind": source.kind}
     return model.eval()

@@ -121,6 +121,7 @@ class LoadReport:
     ignored: list[str] = field(default_factory=list)       # training-only or not wanted (e.g. aux)
     left_initialised: list[str] = field(default_factory=list)  # optional parts absent (aux head)
     used_moving_averages: bool = False
+    background_row_added: bool = False   # a 1000-class source given an untrained class 0
 
     @property
     def ok(self) -> bool:
@@ -147,7 +148,8 @@ def _is_optional(tf_name: str) -> bool:
 
 
 def load_tf_slim_variables(model: nn.Module, source: Any, *, prefer_moving_averages: bool = False,
-                           strict: bool = True, source_name: str = "the checkpoint") -> LoadReport:
+                           strict: bool = True, source_name: str = "the checkpoint",
+                           check_only: bool = False) -> LoadReport:
     """Copy TF-Slim-named variables into ``model``.
 
     ``source`` is a mapping ``{tf name: array}`` or a reader with ``names()`` and ``read(name)``
@@ -156,7 +158,8 @@ def load_tf_slim_variables(model: nn.Module, source: Any, *, prefer_moving_avera
     ``prefer_moving_averages`` asks for them in place of the raw variables. Variables of an aux
     head or a final layer the model does not have are ignored; an aux head the source lacks stays
     initialised. With ``strict`` any missing, unexpected or mis-shaped variable raises
-    ``WeightsMismatchError`` naming them all, before the model is changed.
+    ``WeightsMismatchError`` naming them all, before the model is changed. ``check_only`` compares
+    names and shapes without reading or copying any tensor (``pnasnet weights inspect``).
     """
     if hasattr(source, "read") and hasattr(source, "names"):
         names, read = list(source.names()), source.read
@@ -201,6 +204,9 @@ def load_tf_slim_variables(model: nn.Module, source: Any, *, prefer_moving_avera
     if strict and not report.ok:
         raise WeightsMismatchError(f"cannot load {source_name} into {type(model).__name__}: "
                                    + report.describe(source_name))
+    if check_only:
+        report.loaded.extend(var.tf_name for _, _, var in plan)
+        return report
     with torch.no_grad():
         for key, name, var in plan:
             value = torch.from_numpy(np.ascontiguousarray(var.to_torch(np.asarray(read(name)))))

@@ -1,0 +1,72 @@
+"""What produced a set of feature vectors: recorded in every output, compared before resuming.
+
+Two runs may share an output only if their vectors are interchangeable: same model variant, same
+parameters, same preprocessing and image size. The parameters are identified by a SHA-256 of the
+model's state dict (names, dtypes, shapes and bytes) rather than by the weights file, so the check
+holds for every weights format, for a moved or renamed file and for seeded random weights alike.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+__all__ = ["RunInfo", "OutputMismatchError", "parameters_sha256"]
+
+
+class OutputMismatchError(ValueError):
+    """An existing output was made by another model, weights or preprocessing."""
+
+
+def parameters_sha256(model: nn.Module) -> str:
+    """SHA-256 over the state dict in name order: each name, dtype, shape and the raw bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # uint8 view: every dtype (bfloat16 included) has bytes, not every one has a numpy dtype
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Metadata of a features output. Fields in :attr:`IDENTITY` must match to resume."""
+
+    model: str
+    weights: str                 # as the user named it, or "random initialisation (seed N)"
+    parameters_sha256: str
+    transform: str               # "tf-slim" or "resize"
+    image_size: int
+    num_features: int
+    pnasnet_version: str
+
+    IDENTITY = ("model", "parameters_sha256", "transform", "image_size", "num_features")
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> "RunInfo":
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        missing = names - set(data)
+        if missing:
+            raise ValueError(f"run metadata lacks {sorted(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def check_same_as(self, earlier: "RunInfo", where: str) -> None:
+        """Raise :class:`OutputMismatchError` naming each difference from ``earlier``."""
+        diffs = [f"{name}: {getattr(earlier, name)!r} there, {getattr(self, name)!r} now"
+                 for name in self.IDENTITY if getattr(earlier, name) != getattr(self, name)]
+        if diffs:
+            detail = "; ".join(d if not d.startswith("parameters_sha256") else
+                               f"parameters_sha256 (the weights): {earlier.weights!r} there, {self.weights!r} now"
+                               for d in diffs)
+            raise OutputMismatchError(
+                f"{where} was made by another run ({detail}); its vectors cannot be mixed with this "
+                "run's. Choose another output, or pass overwrite=True (--overwrite) to start over.")

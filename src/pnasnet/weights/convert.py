@@ -1,0 +1,84 @@
+"""``pnasnet weights convert`` and ``inspect``: any supported form in, this package's form out."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..api import VARIANTS, resolve_weights
+from ..model import PNASNet
+from .formats import WeightsSource, open_weights
+from .loading import load_from_source
+from .ours import save_safetensors
+from .tf_slim_names import load_tf_slim_variables
+
+
+def source_sha256(path: Path) -> str:
+    """SHA-256 of a file; for a folder or checkpoint prefix, of the list of its files' digests."""
+    from .download import sha256_file
+
+    if path.is_file():
+        return sha256_file(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else \
+        sorted(path.parent.glob(path.name + ".*"))
+    listing = "".join(f"{p.relative_to(path if path.is_dir() else path.parent).as_posix()}\t{sha256_file(p)}\n"
+                      for p in files)
+    return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def variant_of(source: WeightsSource) -> str:
+    """The create_model name that fits a source: Large or Mobile, classifier or feature vector."""
+    config = source.guess_config()
+    if config is None:
+        raise ValueError(f"{source.path}: cannot tell the variant (no conv0 weights); pass --model")
+    return config.name + ("" if source.num_classes else "_feature_vector")
+
+
+def convert_weights(weights: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
+                    num_classes: int | None = None) -> dict[str, str]:
+    """Load ``weights`` (a registry name or any local form) with full checking and write them as
+    this package's ``.safetensors`` with metadata. Returns the metadata written."""
+    path = resolve_weights(model or "pnasnet5_large", weights)
+    with open_weights(path) as source:
+        name = model or variant_of(source)
+        variant = VARIANTS[name]
+        if num_classes is None:
+            num_classes = 0 if not variant.num_classes else (source.num_classes or 0)
+            if num_classes == 1000:
+                num_classes = 1001  # keep the 1001-logit contract; background row added untrained
+        network = PNASNet(variant.config, num_classes=num_classes)
+        report = load_from_source(network, source)
+        metadata = {"variant": name, "source": str(weights), "source_kind": source.kind,
+                    "source_sha256": source_sha256(path),
+                    "background_row": "untrained" if report.background_row_added else
+                    ("trained" if num_classes == 1001 else "none")}
+    save_safetensors(network, out, metadata)
+    return metadata
+
+
+def inspect_weights(weights: str | os.PathLike, *, model: str | None = None) -> dict[str, Any]:
+    """What a weights source holds and what it lacks for each variant (names and shapes only)."""
+    path = resolve_weights(model or "pnasnet5_large", weights)
+    with open_weights(path) as source:
+        names = source.names()
+        info: dict[str, Any] = {
+            "path": str(path), "kind": source.kind, "variables": len(names),
+            "values": int(sum(int(torch.Size(source.shape(n)).numel()) for n in names)),
+            "num_classes": source.num_classes, "metadata": source.metadata,
+            "variables_list": [(n, list(source.shape(n))) for n in sorted(names)], "fits": {}}
+        candidates = [model] if model else list(VARIANTS)
+        for name in candidates:
+            variant = VARIANTS[name]
+            with torch.device("meta"):
+                classes = variant.num_classes and (source.num_classes or variant.num_classes)
+                network = PNASNet(variant.config, num_classes=classes)
+            report = load_tf_slim_variables(network, source, strict=False, check_only=True,
+                                            source_name=str(path))
+            info["fits"][name] = {"ok": report.ok, "missing": report.missing,
+                                  "unexpected": report.unexpected, "wrong_shape": report.mismatched,
+                                  "ignored": report.ignored}
+    return info

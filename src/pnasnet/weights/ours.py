@@ -1,0 +1,57 @@
+"""This package's own weights file: ``.safetensors`` (memory-mapped, no code on load) holding the
+model's state dict under its own parameter names, with metadata saying what it is:
+
+``format`` = "pnasnet", ``format_version``, ``variant`` (a ``create_model`` name), ``num_classes``,
+``label_set`` ("imagenet-1001": 0 = background; "imagenet-1000"; or "custom"), ``source`` (what it
+was converted from), ``source_sha256`` (checksum of the original), ``background_row``
+("trained" / "untrained": added to a 1000-class source), ``pnasnet_version``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from torch import nn
+
+FORMAT_VERSION = "1"
+
+
+def label_set_for(num_classes: int) -> str:
+    return {1001: "imagenet-1001", 1000: "imagenet-1000", 0: "none"}.get(num_classes, "custom")
+
+
+def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """Write ``model``'s weights (BN step counters left out) atomically: a temporary file in the same
+    folder, then a rename, so a crash never leaves a half-written file under ``path``."""
+    from safetensors.torch import save_file
+
+    from .. import __version__
+
+    path = Path(path)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    info = {"format": "pnasnet", "format_version": FORMAT_VERSION, "pnasnet_version": __version__,
+            "num_classes": str(getattr(model, "num_classes", "")),
+            "label_set": label_set_for(int(getattr(model, "num_classes", -1)))}
+    info.update({k: str(v) for k, v in metadata.items()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=info)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})
