@@ -124,3 +124,16 @@ def test_aux_head_optional_and_final_layer_ignored_for_feature_vectors():
     report = load_tf_slim_variables(PNASNet(LARGE, num_classes=0), full)
     assert report.ok
     assert {n.split("/")[0] for n in report.ignored} == {"aux_7", "final_layer"}
+
+
+def test_string_rule_agrees_with_module_types():
+    """The rule decides batch norm by a 'bn' in the scope name: check that against module types."""
+    from torch import nn
+
+    for config in (LARGE, MOBILE):
+        model = PNASNet(config, aux_head=True)
+        for path, module in model.named_modules():
+            if not path or not (module._parameters or module._buffers):
+                continue
+            is_bn = isinstance(module, nn.BatchNorm2d)
+            assert is_bn == ("bn" in path.split(".")[-1]), path

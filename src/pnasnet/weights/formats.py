@@ -24,10 +24,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..model import LARGE, MOBILE, PNASNet, PNASNetConfig
-from .ports import PORT_BOOKKEEPING, port_names
+from ..model import LARGE, MOBILE, PNASNetConfig
+from .ports import PORT_BOOKKEEPING, tf_name_of_port_key
 from .tf_checkpoint import CheckpointError, TFCheckpoint
-from .tf_slim_names import tf_slim_variables
+from .tf_slim_names import layouts, tf_name_of_key
 
 OUR_FORMAT = "pnasnet"
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt.pth")
@@ -47,7 +47,6 @@ class WeightsSource:
     path: Path
     variables: Any  # Mapping[str, array] or a TFCheckpoint (names/read/shape)
     metadata: dict[str, str] = field(default_factory=dict)
-    config_name: str | None = None
 
     def names(self) -> list[str]:
         return list(self.variables.names()) if isinstance(self.variables, TFCheckpoint) \
@@ -168,36 +167,21 @@ def _open_tf(path: Path, kind: str, shown: Path) -> WeightsSource:
 
 
 # ------------------------------------------------------------------------------ PyTorch formats
-def _meta_model(config: PNASNetConfig, num_classes: int) -> PNASNet:
-    with torch.device("meta"):
-        return PNASNet(config, num_classes=num_classes)
-
-
-def state_dict_to_tf_slim(state: Mapping[str, torch.Tensor], *, names: str,
-                          config: PNASNetConfig) -> dict[str, np.ndarray]:
+def state_dict_to_tf_slim(state: Mapping[str, torch.Tensor], *, names: str) -> dict[str, np.ndarray]:
     """Rename a PyTorch state dict (``names`` = "pnasnet" for this package's keys, "port" for
-    Cadene/timm keys) to TF-Slim names and layouts. Keys that match nothing keep their name, so
-    the loader reports them as unexpected."""
-    classes = next((int(t.shape[0]) for k, t in state.items()
-                    if k in ("final_layer.FC.bias", "last_linear.bias")), 0)
-    model = _meta_model(config, classes)
-    table = tf_slim_variables(model)
-    if names == "port":
-        by_key = {port: table[ours] for ours, port in port_names(model).items()}
-    else:
-        by_key = dict(table)
+    Cadene/timm keys) to TF-Slim names and layouts, by string rules that hold for any
+    configuration. Keys that match no rule keep their name, so the loader reports them."""
+    to_tf_name = tf_name_of_port_key if names == "port" else tf_name_of_key
     out: dict[str, np.ndarray] = {}
     for key, tensor in state.items():
         if PORT_BOOKKEEPING.search(key):
             continue
         array = tensor.detach().cpu().numpy() if isinstance(tensor, torch.Tensor) else np.asarray(tensor)
-        variable = by_key.get(key)
-        if variable is None:
+        name = to_tf_name(key)
+        if name is None:
             out[key] = array
-        elif array.ndim != len(variable.to_tf(np.broadcast_to(np.uint8(0), (1,) * array.ndim)).shape):
-            out[variable.tf_name] = array  # wrong rank: let the loader report the shape
         else:
-            out[variable.tf_name] = variable.to_tf(array)
+            out[name] = layouts(name, array.ndim)[1](array)
     return out
 
 
@@ -209,16 +193,6 @@ def _naming_of(keys: list[str], path: Path) -> str:
     raise WeightsFormatError(
         f"{path}: a PyTorch state dict, but not of PNASNet-5 (no 'conv_0.conv.weight' as in the "
         f"Cadene/timm ports nor 'conv0.weight' as in pnasnet's own files); first keys: {keys[:5]}")
-
-
-def _config_for(state: Mapping[str, Any], naming: str, metadata: dict[str, str]) -> PNASNetConfig:
-    from ..api import VARIANTS
-
-    variant = metadata.get("variant")
-    if variant in VARIANTS:
-        return VARIANTS[variant].config
-    conv0 = state["conv_0.conv.weight" if naming == "port" else "conv0.weight"]
-    return LARGE if conv0.shape[0] == int(32 * LARGE.stem_multiplier) else MOBILE
 
 
 def _open_torch_file(path: Path) -> WeightsSource:
@@ -237,9 +211,7 @@ def _open_torch_file(path: Path) -> WeightsSource:
         raise WeightsFormatError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
     obj = {k[len("module."):] if k.startswith("module.") else k: v for k, v in obj.items()}
     naming = _naming_of(list(obj), path)
-    config = _config_for(obj, naming, {})
-    return WeightsSource("torch-" + naming, path, state_dict_to_tf_slim(obj, names=naming, config=config),
-                         config_name=config.name)
+    return WeightsSource("torch-" + naming, path, state_dict_to_tf_slim(obj, names=naming))
 
 
 def _open_safetensors(path: Path) -> WeightsSource:
@@ -253,7 +225,5 @@ def _open_safetensors(path: Path) -> WeightsSource:
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsFormatError(f"{path}: not a readable .safetensors file ({error})") from error
     naming = "pnasnet" if metadata.get("format") == OUR_FORMAT else _naming_of(list(state), path)
-    config = _config_for(state, naming, metadata)
     kind = "pnasnet-safetensors" if naming == "pnasnet" else "safetensors-port"
-    return WeightsSource(kind, path, state_dict_to_tf_slim(state, names=naming, config=config),
-                         metadata=metadata, config_name=config.name)
+    return WeightsSource(kind, path, state_dict_to_tf_slim(state, names=naming), metadata=metadata)

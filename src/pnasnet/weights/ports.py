@@ -13,6 +13,7 @@ import re
 
 from torch import nn
 
+from ..model.cell import PNASNET5_BLOCKS
 from .tf_slim_names import tf_slim_variables
 
 _BN = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean", "moving_variance": "running_var"}
@@ -55,6 +56,55 @@ def port_name(tf_name: str) -> str | None:
             if "leaf" in groups:
                 groups["leaf"] = _BN[groups["leaf"]]
             return template.format(**groups)
+    return None
+
+
+# Kernel size of each separable branch, (block, side) -> K: PNASNet-5's cell, the same everywhere.
+_SEPARABLE_KERNELS = {(i, side): int(op.split("_")[1][0])
+                      for i, pair in enumerate(PNASNET5_BLOCKS)
+                      for side, (op, _) in zip(("left", "right"), pair) if op.startswith("separable")}
+_FROM_PORT = [
+    (r"^conv_0\.conv\.weight$", "conv0/weights"),
+    (r"^conv_0\.bn\.(?P<bn>\w+)$", "conv0_bn/{bn}"),
+    (r"^(?P<cell>cell_\w+?)\.conv_1x1\.conv\.weight$", "{cell}/1x1/weights"),
+    (r"^(?P<cell>cell_\w+?)\.conv_1x1\.bn\.(?P<bn>\w+)$", "{cell}/beginning_bn/{bn}"),
+    (r"^(?P<cell>cell_\w+?)\.conv_prev_1x1\.conv\.weight$", "{cell}/prev_1x1/weights"),
+    (r"^(?P<cell>cell_\w+?)\.conv_prev_1x1\.bn\.(?P<bn>\w+)$", "{cell}/prev_bn/{bn}"),
+    (r"^(?P<cell>cell_\w+?)\.conv_prev_1x1\.path_(?P<p>[12])\.conv\.weight$", "{cell}/path{p}_conv/weights"),
+    (r"^(?P<cell>cell_\w+?)\.conv_prev_1x1\.final_path_bn\.(?P<bn>\w+)$", "{cell}/final_path_bn/{bn}"),
+    (r"^(?P<cell>cell_\w+?)\.comb_iter_(?P<i>\d)_(?P<side>left|right)\.separable_(?P<l>[12])\."
+     r"(?P<kind>depthwise|pointwise)_conv2d\.weight$",
+     "{cell}/comb_iter_{i}/{side}/separable_{k}x{k}_{l}/{kind}_weights"),
+    (r"^(?P<cell>cell_\w+?)\.comb_iter_(?P<i>\d)_(?P<side>left|right)\.bn_sep_(?P<l>[12])\.(?P<bn>\w+)$",
+     "{cell}/comb_iter_{i}/{side}/bn_sep_{k}x{k}_{l}/{bn}"),
+    (r"^(?P<cell>cell_\w+?)\.comb_iter_(?P<i>\d)_(?P<side>left|right)\.conv\.weight$",
+     "{cell}/comb_iter_{i}/{side}/1x1/weights"),
+    (r"^(?P<cell>cell_\w+?)\.comb_iter_(?P<i>\d)_(?P<side>left|right)\.bn\.(?P<bn>\w+)$",
+     "{cell}/comb_iter_{i}/{side}/bn_1/{bn}"),
+    (r"^last_linear\.weight$", "final_layer/FC/weights"),
+    (r"^last_linear\.bias$", "final_layer/FC/biases"),
+]
+_FROM_PORT_COMPILED = [(re.compile(p), t) for p, t in _FROM_PORT]
+_BN_FROM_TORCH = {v: k for k, v in _BN.items()}
+
+
+def tf_name_of_port_key(key: str) -> str | None:
+    """The TF-Slim name of a Cadene/timm key (the inverse of ``port_name``), or None if unknown."""
+    for pattern, template in _FROM_PORT_COMPILED:
+        match = pattern.match(key)
+        if not match:
+            continue
+        groups = match.groupdict()
+        if "bn" in groups:
+            if groups["bn"] not in _BN_FROM_TORCH:
+                return None
+            groups["bn"] = _BN_FROM_TORCH[groups["bn"]]
+        if "side" in groups and "l" in groups:
+            kernel = _SEPARABLE_KERNELS.get((int(groups["i"]), groups["side"]))
+            if kernel is None:
+                return None
+            groups["k"] = kernel
+        return template.format(**groups)
     return None
 
 

@@ -71,31 +71,40 @@ def _transpose(a: np.ndarray) -> np.ndarray:
     return a.T
 
 
+def tf_name_of_key(key: str) -> str | None:
+    """The TF-Slim name of a state-dict key by the rule above (a pure string rewrite, so it works
+    for any configuration), or None for keys TF has no counterpart for."""
+    *scopes, leaf = key.split(".")
+    if not scopes or leaf == "num_batches_tracked":
+        return None
+    scopes = ["1x1" if s == "conv_1x1" else s for s in scopes]
+    if "bn" in scopes[-1]:  # every batch norm, and nothing else, has "bn" in its TF scope name
+        name = _BN_LEAVES.get(leaf)
+    elif scopes[-1] in ("depthwise", "pointwise"):
+        name = scopes.pop() + "_weights" if leaf == "weight" else None
+    else:
+        name = _DENSE_LEAVES.get(leaf)
+    return None if name is None else "/".join(scopes + [name])
+
+
+def layouts(tf_name: str, ndim: int) -> tuple[Callable[[np.ndarray], np.ndarray], Callable[[np.ndarray], np.ndarray]]:
+    """(TF -> PyTorch, PyTorch -> TF) layout changes of a tensor with this TF name and rank."""
+    if tf_name.endswith("depthwise_weights"):
+        return _depthwise_to_torch, _depthwise_to_tf
+    if ndim == 4:
+        return _hwio_to_oihw, _oihw_to_hwio
+    if ndim == 2:
+        return _transpose, _transpose
+    return _identity, _identity
+
+
 def tf_slim_variables(model: nn.Module) -> dict[str, TFVariable]:
     """{state-dict key: TFVariable} for every tensor of ``model`` that TF-Slim stores."""
     table: dict[str, TFVariable] = {}
-    for path, module in model.named_modules():
-        tensors = {**module._parameters, **module._buffers}
-        for leaf, tensor in tensors.items():
-            if tensor is None or leaf == "num_batches_tracked":
-                continue
-            scopes = ["1x1" if p == "conv_1x1" else p for p in path.split(".")]
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                name, to_torch, to_tf = _BN_LEAVES[leaf], _identity, _identity
-            elif scopes[-1] in ("depthwise", "pointwise"):
-                name = scopes.pop() + "_weights"
-                depthwise = name == "depthwise_weights"
-                to_torch = _depthwise_to_torch if depthwise else _hwio_to_oihw
-                to_tf = _depthwise_to_tf if depthwise else _oihw_to_hwio
-            elif isinstance(module, nn.Conv2d):
-                name, to_torch, to_tf = _DENSE_LEAVES[leaf], _hwio_to_oihw, _oihw_to_hwio
-            elif isinstance(module, nn.Linear):
-                layout = _transpose if leaf == "weight" else _identity
-                name, to_torch, to_tf = _DENSE_LEAVES[leaf], layout, layout
-            else:
-                raise TypeError(f"no TF-Slim name rule for {type(module).__name__} at {path!r}")
-            key = f"{path}.{leaf}" if path else leaf
-            table[key] = TFVariable("/".join(scopes + [name]), to_torch, to_tf)
+    for key, tensor in model.state_dict().items():
+        name = tf_name_of_key(key)
+        if name is not None:
+            table[key] = TFVariable(name, *layouts(name, tensor.dim()))
     return table
 
 
