@@ -84,7 +84,8 @@ class AuxHead(nn.Module):
         self.FC = nn.Linear(768, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(x, 5, 3)
+        if min(x.shape[-2:]) >= 5:
+            x = F.avg_pool2d(x, 5, 3)
         if tuple(x.shape[-2:]) != (self.kernel, self.kernel):
             raise ValueError(
                 f"the aux head was built for a {self.kernel}x{self.kernel} map after pooling "
@@ -310,10 +311,10 @@ class PNASNet(nn.Module):
         last = max(names, key=order.index)
         return {name: t for name, t in self._endpoints(images, last) if name in names}
 
-    def _logits_and_aux(self, images: torch.Tensor):
+    def _logits_and_aux(self, images: torch.Tensor, with_aux: bool = False):
         aux_logits = None
         last_cell = f"Cell_{self.config.num_cells - 1}"
-        aux_at = None if self.aux_cell is None or not self.training else f"Cell_{self.aux_cell}"
+        aux_at = f"Cell_{self.aux_cell}" if with_aux else None
         for name, t in self._endpoints(images, last_cell):
             if name == aux_at:
                 aux_logits = self._modules[f"aux_{self.aux_cell}"].aux_logits(F.relu(t))
@@ -337,7 +338,7 @@ class PNASNet(nn.Module):
         if with_aux and (self.aux_cell is None or not self.training):
             raise RuntimeError("aux logits exist only in training mode of a model built with aux_head=True")
         with self.batch_norm_decay(batch_norm_decay):
-            pooled, aux_logits = self._logits_and_aux(images)
+            pooled, aux_logits = self._logits_and_aux(images, with_aux)
             logits = self.final_layer(pooled)
         return (logits, aux_logits) if with_aux else logits
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..api import VARIANTS, resolve_weights
-from ..model import PNASNet
+from ..model import PNASNet, PNASNetConfig
 from .formats import WeightsSource, open_weights
 from .loading import load_from_source
 from .ours import save_safetensors
@@ -39,18 +39,23 @@ def variant_of(source: WeightsSource) -> str:
 
 
 def convert_weights(weights: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
-                    num_classes: int | None = None) -> dict[str, str]:
+                    num_classes: int | None = None, config: PNASNetConfig | None = None) -> dict[str, str]:
     """Load ``weights`` (a registry name or any local form) with full checking and write them as
-    this package's ``.safetensors`` with metadata. Returns the metadata written."""
+    this package's ``.safetensors`` with metadata. Returns the metadata written. ``model`` names
+    the variant (told from the weights by default); ``config`` checks against a configuration of
+    your own instead (a reduced one, say)."""
     path = resolve_weights(model or "pnasnet5_large", weights)
     with open_weights(path) as source:
-        name = model or variant_of(source)
-        variant = VARIANTS[name]
+        if config is None:
+            name = model or variant_of(source)
+            config, default_classes = VARIANTS[name].config, VARIANTS[name].num_classes
+        else:
+            name, default_classes = config.name, source.num_classes or 0
         if num_classes is None:
-            num_classes = 0 if not variant.num_classes else (source.num_classes or 0)
+            num_classes = 0 if not default_classes else (source.num_classes or 0)
             if num_classes == 1000:
                 num_classes = 1001  # keep the 1001-logit contract; background row added untrained
-        network = PNASNet(variant.config, num_classes=num_classes)
+        network = PNASNet(config, num_classes=num_classes)
         report = load_from_source(network, source)
         metadata = {"variant": name, "source": str(weights), "source_kind": source.kind,
                     "source_sha256": source_sha256(path),

@@ -1,0 +1,244 @@
+"""Every weights form loads into the same model with identical outputs; hostile files are refused."""
+
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pnasnet
+from pnasnet.model import LARGE, PNASNet
+from pnasnet.weights import WeightsMismatchError
+from pnasnet.weights.formats import WeightsFormatError, open_weights
+from pnasnet.weights.ours import read_metadata, save_safetensors
+from pnasnet.weights.ports import port_name, port_names
+from pnasnet.weights.sources import SOURCES, WeightsSourceInfo, fetch
+
+from tf_slim_fixtures import FIXTURES, build_fixture_model, image_sizes, images_nchw, pnasnet_config
+
+DATA = Path(__file__).parent / "data"
+MOBILE_TINY = FIXTURES / "mobile_tiny"
+
+
+def _reference_variables():
+    table = {}
+    for line in (DATA / "tf-slim-pnasnet-large-variables.txt").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, shape = line.split("\t")
+            table[name] = tuple(int(d) for d in shape.split("x"))
+    return table
+
+
+def test_port_rename_table_covers_full_size_large():
+    """Cadene/timm keys for every variable of TF-Slim's Large graph, one to one, and the shapes the
+    ports hold (PyTorch layouts of the TF shapes)."""
+    reference = _reference_variables()
+    renamed = {name: port_name(name) for name in reference}
+    assert None not in renamed.values()
+    assert len(set(renamed.values())) == len(reference) == 1179
+    with torch.device("meta"):
+        model = PNASNet(LARGE)
+    ours = port_names(model)
+    state = model.state_dict()
+    port_shapes = {ours[k]: tuple(state[k].shape) for k in ours}
+    for name, shape in reference.items():
+        port = renamed[name]
+        if len(shape) == 4 and name.endswith("depthwise_weights"):
+            expected = (shape[2], 1, shape[0], shape[1])
+        elif len(shape) == 4:
+            expected = (shape[3], shape[2], shape[0], shape[1])
+        elif len(shape) == 2:
+            expected = (shape[1], shape[0])
+        else:
+            expected = shape
+        assert port_shapes[port] == expected, name
+    # Spot checks written out from the ports' module structure.
+    assert port_name("cell_stem_0/comb_iter_0/right/1x1/weights") == "cell_stem_0.comb_iter_0_right.conv.weight"
+    assert port_name("cell_5/path2_conv/weights") == "cell_5.conv_prev_1x1.path_2.conv.weight"
+    assert port_name("cell_9/comb_iter_1/left/bn_sep_7x7_2/moving_variance") == \
+        "cell_9.comb_iter_1_left.bn_sep_2.running_var"
+    assert port_name("final_layer/FC/weights") == "last_linear.weight"
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    """The TF-made mobile_tiny checkpoint loaded with the TF reader: the model every form must equal."""
+    return build_fixture_model("mobile_tiny", weights=MOBILE_TINY / "model.ckpt")
+
+
+@pytest.fixture(scope="module")
+def images():
+    return images_nchw("mobile_tiny", image_sizes("mobile_tiny")[0])
+
+
+def _forms(tmp_path: Path, model: PNASNet) -> dict[str, Path]:
+    """The same weights written in each form a user may have (ports made by renaming)."""
+    forms = {}
+    forms["checkpoint prefix"] = MOBILE_TINY / "model.ckpt"
+    forms["checkpoint .index"] = MOBILE_TINY / "model.ckpt.index"
+    folder = tmp_path / "ckpt_folder"
+    folder.mkdir()
+    for f in MOBILE_TINY.glob("model.ckpt.*"):
+        (folder / f.name).write_bytes(f.read_bytes())
+    forms["checkpoint folder"] = folder
+    tarball = tmp_path / "pnasnet-5_tiny_2017_12_13.tar.gz"
+    with tarfile.open(tarball, "w:gz") as tar:
+        for f in sorted(MOBILE_TINY.glob("model.ckpt.*")):
+            tar.add(f, arcname=f"pnasnet-5_tiny_2017_12_13/{f.name}")
+    forms["release tarball"] = tarball
+    state = model.state_dict()
+    port = {p: state[k].clone() for k, p in port_names(model).items()}
+    torch.save(port, tmp_path / "cadene.pth")
+    forms["cadene .pth"] = tmp_path / "cadene.pth"
+    from safetensors.torch import save_file
+    timm = {k: v.contiguous() for k, v in port.items()}
+    save_file(timm, str(tmp_path / "timm.safetensors"))
+    forms["timm .safetensors"] = tmp_path / "timm.safetensors"
+    save_safetensors(model, tmp_path / "ours.safetensors", {"variant": "pnasnet5_mobile"})
+    forms["pnasnet .safetensors"] = tmp_path / "ours.safetensors"
+    return forms
+
+
+def test_every_form_loads_to_identical_outputs(tmp_path, reference_model, images, monkeypatch):
+    monkeypatch.setenv("PNASNET_HOME", str(tmp_path / "cache"))
+    with torch.inference_mode():
+        expected = reference_model.classify(images)
+    for form, path in _forms(tmp_path, reference_model).items():
+        model = build_fixture_model("mobile_tiny", weights=path)
+        with torch.inference_mode():
+            got = model.classify(images)
+        assert torch.equal(got, expected), form
+
+
+def test_convert_each_form_and_create_model_loads_it(tmp_path, reference_model, images, monkeypatch):
+    from pnasnet.weights.convert import convert_weights
+
+    monkeypatch.setenv("PNASNET_HOME", str(tmp_path / "cache"))
+    with torch.inference_mode():
+        expected = reference_model.features(images)
+    for i, (form, path) in enumerate(_forms(tmp_path, reference_model).items()):
+        out = tmp_path / f"converted_{i}.safetensors"
+        convert_weights(path, out, config=pnasnet_config("mobile_tiny"))
+        meta = read_metadata(out)
+        assert meta["format"] == "pnasnet" and meta["variant"] == "mobile_tiny", form
+        assert meta["num_classes"] == "11" and meta["label_set"] == "custom", form
+        assert len(meta["source_sha256"]) == 64
+        model = build_fixture_model("mobile_tiny", weights=out)
+        with torch.inference_mode():
+            assert torch.equal(model.features(images), expected), form
+
+
+def test_thousand_class_source_gets_an_untrained_background_row_or_stays_1000(tmp_path):
+    torch.manual_seed(0)
+    model = pnasnet.create_model("pnasnet5_mobile")
+    state = model.state_dict()
+    port = {p: state[k] for k, p in port_names(model).items()}
+    port["last_linear.weight"] = port["last_linear.weight"][1:].clone()
+    port["last_linear.bias"] = port["last_linear.bias"][1:].clone()
+    torch.save(port, tmp_path / "timm_like.pth")
+    x = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        full = model.classify(x)
+        padded = pnasnet.create_model("pnasnet5_mobile", weights=tmp_path / "timm_like.pth")
+        got = padded.classify(x)
+        own = pnasnet.create_model("pnasnet5_mobile", weights=tmp_path / "timm_like.pth", num_classes=1000)
+        own_logits = own.classify(x)
+    assert padded.weights_report.background_row_added
+    assert got.shape == (2, 1001) and torch.equal(got[:, 1:], full[:, 1:])
+    assert torch.all(got[:, 0] == -1e4) and torch.all(got.argmax(1) > 0)
+    assert own.num_classes == 1000 and torch.equal(own_logits, full[:, 1:])
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_pickle",))
+
+
+def test_pickle_that_runs_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with open(tmp_path / "evil.pth", "wb") as f:
+        pickle.dump({"conv_0.conv.weight": _RunsCode()}, f)
+    with pytest.raises(WeightsFormatError, match=r"evil\.pth: not a loadable PyTorch weights file"):
+        open_weights(tmp_path / "evil.pth")
+    assert not (tmp_path / "pwned_by_pickle").exists()
+
+
+def test_hostile_and_broken_tarballs_are_refused(tmp_path, monkeypatch):
+    from pnasnet.weights.archive import ArchiveError
+
+    monkeypatch.setenv("PNASNET_HOME", str(tmp_path / "cache"))
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        tar.add(MOBILE_TINY / "model.ckpt.index", arcname="../escaped.index")
+    with pytest.raises(ArchiveError, match=r"\.\./escaped\.index"):
+        open_weights(evil)
+    assert not (tmp_path / "cache" / "escaped.index").exists() and not (tmp_path / "escaped.index").exists()
+    link = tmp_path / "link.tar"
+    with tarfile.open(link, "w") as tar:
+        info = tarfile.TarInfo("model.ckpt.index")
+        info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(ArchiveError, match="model.ckpt.index"):
+        open_weights(link)
+    good = tmp_path / "good.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        for f in sorted(MOBILE_TINY.glob("model.ckpt.*")):
+            tar.add(f, arcname=f.name)
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ArchiveError, match="truncated.tar.gz"):
+        open_weights(truncated)
+
+
+def test_wrong_shapes_and_wrong_variant_are_refused_by_name(tmp_path):
+    torch.manual_seed(0)
+    model = pnasnet.create_model("pnasnet5_mobile")
+    state = {k: v for k, v in model.state_dict().items()}
+    state["cell_0.conv_1x1.weight"] = torch.zeros(3, 3, 1, 1)
+    save_safetensors_raw = tmp_path / "bad.pth"
+    torch.save(state, save_safetensors_raw)
+    with pytest.raises(WeightsMismatchError, match=r"cell_0/1x1/weights: \(1, 1, 3, 3\) in source, model needs \(1, 1, 135, 54\)"):
+        pnasnet.create_model("pnasnet5_mobile", weights=save_safetensors_raw)
+    torch.save(model.state_dict(), tmp_path / "mobile.pth")
+    with pytest.raises(WeightsFormatError, match="pnasnet5_mobile weights, the model is pnasnet5_large"):
+        pnasnet.create_model("pnasnet5_large", weights=tmp_path / "mobile.pth")
+
+
+def test_unrecognised_folder_says_what_it_found(tmp_path):
+    (tmp_path / "notes.txt").write_text("hi")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(WeightsFormatError, match=r"found: notes.txt, sub/"):
+        open_weights(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        pnasnet.create_model("pnasnet5_mobile", weights=tmp_path / "nope" / "model.ckpt")
+
+
+def test_offline_create_model_fails_fast_with_an_actionable_message(tmp_path):
+    env = {**os.environ, "PNASNET_HOME": str(tmp_path), "PNASNET_OFFLINE": "1"}
+    code = "import pnasnet; pnasnet.create_model('pnasnet5_large', weights='tf-slim')"
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0 and elapsed < 30
+    message = result.stderr
+    assert "http://download.tensorflow.org/models/pnasnet-5_large_2017_12_13.tar.gz" in message
+    assert str(tmp_path / "pnasnet-5_large_2017_12_13.tar.gz") in message
+    assert "weights=" in message
+
+
+def test_registry_fetch_checks_the_cadene_hash_prefix(tmp_path):
+    payload = tmp_path / "served.pth"
+    payload.write_bytes(b"not the published file")
+    source = WeightsSourceInfo("cadene", ("pnasnet5_large",), payload.as_uri(), "pnasnet5large-bf079911.pth",
+                               "PyTorch state dict, Cadene names", 1001, "test", sha256_prefix="bf079911")
+    from pnasnet.weights.download import ChecksumError
+
+    with pytest.raises(ChecksumError, match="bf079911"):
+        fetch(source, cache=tmp_path / "cache", progress=False)
+    assert {s.name for s in SOURCES} == {"tf-slim", "tf-hub", "timm", "cadene"}
