@@ -98,13 +98,14 @@ def batch_norm(channels: int) -> nn.BatchNorm2d:
 def drop_path(x: torch.Tensor, keep_prob: float) -> torch.Tensor:
     """Drop a whole branch per example with probability ``1 - keep_prob`` (TF-Slim ``drop_path``).
 
-    Like TF: keep = floor(keep_prob + U[0,1)), a [N,1,1,1] mask, kept examples scaled by 1/keep_prob.
+    Like TF: keep = floor(keep_prob + U[0,1)), a [N,1,1,1] mask, kept examples scaled by 1/keep_prob
+    (TF computes 1/keep_prob in double precision and casts it, so the scaled values round the same).
     """
     if keep_prob >= 1.0:
         return x
     noise = torch.rand((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device)
     mask = torch.floor(keep_prob + noise)
-    return x * (mask / keep_prob)
+    return x * (mask * (1.0 / keep_prob))
 
 
 def subsample_even(x: torch.Tensor) -> torch.Tensor:
