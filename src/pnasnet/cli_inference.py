@@ -1,9 +1,224 @@
-"""Command line: the `inference` commands (argument parsing and printing only)."""
+"""Command line: ``pnasnet classify`` and ``pnasnet features`` (argument parsing and printing only;
+the work is done by :mod:`pnasnet.tasks`).
+
+Exit status: 0 when every input was read, 1 when some could not be (each reported on stderr and
+in the output), 2 on usage errors (bad options, no inputs, an output made by another run), 130
+when interrupted (``features`` then resumes when run again).
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
+import os
+import sys
+
+from .tasks.inputs import printable_path
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+
+_INPUTS_HELP = ("image files, directories (searched recursively for image extensions), glob patterns "
+                "(quote them; ** for any depth) or @LIST (a text file naming one input per line)")
+
+
+def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    from .data import DEFAULT_MAX_PIXELS
+    from .tasks import TRANSFORMS
+    from .tasks.inference import DEFAULT_BATCH_SIZE
+
+    parser.add_argument("inputs", nargs="+", metavar="PATH", help=_INPUTS_HELP)
+    parser.add_argument("--model", default="pnasnet5_large", help="variant (see `pnasnet models`; default %(default)s)")
+    parser.add_argument("--weights", help="weights: a known source name or a local checkpoint/file "
+                                          "(default: random initialisation, for testing only)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation without --weights")
+    parser.add_argument("--transform", choices=sorted(TRANSFORMS), default="tf-slim",
+                        help="preprocessing: tf-slim = central crop 0.875 + bilinear resize, as the published "
+                             "accuracy was measured (default); resize = whole image resized (TF-Hub's advice)")
+    parser.add_argument("--image-size", type=int, help="side of the model input (default: the model's, 331 / 224)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="images per model call (default %(default)s)")
+    parser.add_argument("--workers", type=int, help="image decoding processes (default: 2 on a CPU, up to 8 "
+                                                    "with a GPU; 0 = decode in the main process)")
+    parser.add_argument("--threads", type=int, help="CPU threads for the model (default: PyTorch's, one per core)")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available, else cpu)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels than this (decompression bombs; default %(default)s)")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bar or notes (failures are still reported)")
+
+
+def _load_model(args: argparse.Namespace):
+    """The model on its device, and how its weights are described in outputs."""
+    import torch
+
+    from .api import create_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.weights is None:
+        torch.manual_seed(args.seed)
+        described = f"random initialisation (seed {args.seed})"
+        if not args.quiet:
+            print(f"pnasnet: note: no --weights given, using {described}: the outputs mean nothing",
+                  file=sys.stderr)
+    else:
+        described = str(args.weights)
+    model = create_model(args.model, weights=args.weights)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return model.to(device), described
+
+
+def _expand(args: argparse.Namespace) -> list[str]:
+    from .tasks import expand_inputs
+
+    paths = expand_inputs(args.inputs)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.inputs)}")
+    return paths
+
+
+def _run_options(args: argparse.Namespace, progress) -> dict:
+    return dict(image_size=args.image_size, batch_size=args.batch_size, workers=args.workers,
+                transform=args.transform, max_pixels=args.max_pixels, progress=progress)
+
+
+# ------------------------------------------------------------------------------------- classify
+class _TablePrinter:
+    """One line per class: the path on the first line of each image; failures as ``ERROR: reason``."""
+
+    def __init__(self, paths: list[str], write):
+        self.width = min(max(len(p) for p in paths), 60)
+        self.write = write
+        self.write(f"{'PATH':<{self.width}}  {'#':>2}  {'PROB':>7}  CLASS")
+
+    def __call__(self, result) -> None:
+        path = printable_path(result.path)
+        if result.error:
+            self.write(f"{path:<{self.width}}  ERROR: {result.error}")
+            return
+        for rank, (index, label, prob) in enumerate(result.top_k, start=1):
+            shown = path if rank == 1 else ""
+            self.write(f"{shown:<{self.width}}  {rank:>2}  {prob:7.2%}  {label} ({index})")
+
+
+class _JsonLinesPrinter:
+    """One JSON object per image and line: ``{"path", "top_k": [{"index", "label", "probability"}], "error"}``."""
+
+    def __init__(self, paths: list[str], write):
+        self.write = write
+
+    def __call__(self, result) -> None:
+        top = [{"index": i, "label": label, "probability": p} for i, label, p in result.top_k]
+        record = {"path": printable_path(result.path), "top_k": top, "error": result.error}
+        self.write(json.dumps(record, ensure_ascii=False))
+
+
+class _CsvPrinter:
+    """Columns ``path,rank,index,label,probability,error``: one row per class, one per failure."""
+
+    COLUMNS = ["path", "rank", "index", "label", "probability", "error"]
+
+    def __init__(self, paths: list[str], write):
+        self.write = write
+        self._row(self.COLUMNS)
+
+    def _row(self, values) -> None:
+        line = _CsvLine()
+        csv.writer(line, lineterminator="").writerow(values)
+        self.write(line.text)
+
+    def __call__(self, result) -> None:
+        path = printable_path(result.path)
+        if result.error:
+            self._row([path, "", "", "", "", result.error])
+        for rank, (index, label, prob) in enumerate(result.top_k, start=1):
+            self._row([path, rank, index, label, repr(prob), ""])
+
+
+class _CsvLine:
+    text = ""
+
+    def write(self, text: str) -> None:
+        self.text += text
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from .tasks import TqdmProgress, classify_paths
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    paths = _expand(args)
+    model, _ = _load_model(args)
+    progress = TqdmProgress(show_bar=not args.quiet)
+    printer_class = _JsonLinesPrinter if args.json else _CsvPrinter if args.csv else _TablePrinter
+    printer = printer_class(paths, progress.write)
+    failed = 0
+    try:
+        for result in classify_paths(model, paths, top_k=args.top_k, **_run_options(args, progress)):
+            printer(result)
+            failed += result.error is not None
+    except KeyboardInterrupt:
+        print("pnasnet: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # the reader went away (`pnasnet classify ... | head`): stop quietly, as Unix tools do;
+        # stdout goes to /dev/null so that Python's final flush does not fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        progress.close()
+    if failed:
+        print(f"pnasnet: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
+    return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+# ------------------------------------------------------------------------------------- features
+def _cmd_features(args: argparse.Namespace) -> int:
+    from .tasks import TqdmProgress, extract_features
+
+    paths = _expand(args)
+    model, described = _load_model(args)
+    try:
+        summary = extract_features(
+            model, paths, args.out, model_name=args.model, weights=described, overwrite=args.overwrite,
+            chunk_size=args.chunk_size, **_run_options(args, TqdmProgress(show_bar=not args.quiet)))
+    except KeyboardInterrupt:
+        print("pnasnet: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if not args.quiet:
+        reused = summary.total - summary.computed
+        note = f" ({reused} from an earlier run)" if reused else ""
+        print(f"pnasnet: {summary.written} of {summary.total} vectors{note} -> "
+              f"{', '.join(str(f) for f in summary.files)}", file=sys.stderr)
+    if summary.failed:
+        print(f"pnasnet: {len(summary.failed)} of {summary.total} inputs could not be read "
+              "(listed in the output with the reason)", file=sys.stderr)
+    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
 def add_inference_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
+    from .tasks.extract import DEFAULT_CHUNK_SIZE
+
+    classify = sub.add_parser("classify", help="top-k ImageNet classes of images",
+                              description="Print the top-k ImageNet classes of each image.")
+    _add_common_options(classify)
+    classify.add_argument("--top-k", type=int, default=5, help="classes per image (default %(default)s)")
+    style = classify.add_mutually_exclusive_group()
+    style.add_argument("--json", action="store_true", help="JSON Lines: one object per image")
+    style.add_argument("--csv", action="store_true", help="CSV: path,rank,index,label,probability,error")
+    classify.set_defaults(func=_cmd_classify)
+
+    features = sub.add_parser(
+        "features", help="feature vectors of images into .parquet or .npy (resumable)",
+        description="Write the feature vector of each image to OUT. Interrupted runs resume when the same "
+                    "command is run again; unreadable inputs are listed with the reason.")
+    _add_common_options(features)
+    features.add_argument("--out", required=True, help="OUT.parquet (path, features, error; run metadata) or "
+                                                       "OUT.npy (+ OUT.index.csv, OUT.meta.json)")
+    features.add_argument("--overwrite", action="store_true",
+                          help="start over, even if OUT or an unfinished run was made by another model/weights")
+    features.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                          help="images per saved chunk: the most a kill can lose (default %(default)s; "
+                               "a chunk is also saved every minute)")
+    features.set_defaults(func=_cmd_features)

@@ -22,7 +22,7 @@ import glob
 import os
 from typing import Iterable
 
-__all__ = ["IMAGE_EXTENSIONS", "LIST_PREFIX", "expand_inputs", "read_path_list"]
+__all__ = ["IMAGE_EXTENSIONS", "LIST_PREFIX", "expand_inputs", "printable_path", "read_path_list"]
 
 #: File extensions collected from directories: the formats ``pnasnet.data.decode_image`` reads.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({
@@ -84,3 +84,10 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], *,
             for path in _expand_one(one, wanted):
                 paths.setdefault(os.path.normpath(path), None)
     return list(paths)
+
+
+def printable_path(path: str) -> str:
+    """``path`` as valid UTF-8 text: a file name that is not UTF-8 (on POSIX, Python keeps its
+    bytes as lone surrogates) shows those bytes as ``\\xNN`` escapes instead of breaking the
+    output file or the terminal."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
