@@ -242,3 +242,34 @@ def test_registry_fetch_checks_the_cadene_hash_prefix(tmp_path):
     with pytest.raises(ChecksumError, match="bf079911"):
         fetch(source, cache=tmp_path / "cache", progress=False)
     assert {s.name for s in SOURCES} == {"tf-slim", "tf-hub", "timm", "cadene"}
+
+
+def test_auto_model_takes_its_configuration_from_the_weights(tmp_path, reference_model, images):
+    """A reduced TF checkpoint carries its configuration in its variables; a converted file records
+    it in its metadata. Both rebuild the same network with create_model('auto')."""
+    from pnasnet.cli import main
+
+    auto = pnasnet.create_model("auto", weights=MOBILE_TINY / "model.ckpt")
+    assert (auto.config.num_cells, auto.config.num_conv_filters, auto.config.stem_multiplier) == (3, 10, 0.25)
+    assert auto.num_classes == 11
+    out = tmp_path / "tiny.safetensors"
+    assert main(["weights", "convert", str(MOBILE_TINY / "model.ckpt"), "--out", str(out)]) == 0
+    again = pnasnet.create_model("auto", weights=out)
+    with torch.inference_mode():
+        want = reference_model.classify(images)
+        assert torch.equal(auto.classify(images), want)
+        assert torch.equal(again.classify(images), want)
+    large = pnasnet.create_model("auto", weights=FIXTURES / "large_tiny" / "model.ckpt")
+    assert large.config.reduction_indices() == [2, 4] and large.num_features == 160
+    with pytest.raises(ValueError, match="takes its configuration from the weights"):
+        pnasnet.create_model("auto")
+
+
+def test_inspect_reports_fit_by_name(tmp_path, capsys):
+    from pnasnet.cli import main
+
+    assert main(["weights", "inspect", str(MOBILE_TINY / "model.ckpt")]) == 0
+    printed = capsys.readouterr().out
+    assert "tf-checkpoint, 440 variables" in printed
+    assert "does not fit pnasnet5_mobile: 509 missing" in printed
+    assert "fits its own configuration (custom)" in printed

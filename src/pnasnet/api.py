@@ -65,7 +65,9 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
     """Build a PNASNet-5 variant, in eval (inference) mode; call ``.train()`` to fine-tune.
 
     Args:
-        name: one of ``list_models()``; ``*_feature_vector`` variants have no final layer.
+        name: one of ``list_models()`` (``*_feature_vector`` variants have no final layer), or
+            "auto" to build whatever configuration the weights were made for (a converted custom
+            or reduced model, a fine-tuned head).
         weights: None for random initialisation; a known source ("tf-slim", "tf-hub", "timm",
             "cadene"; downloaded once into the cache and verified); or a local file or folder of any
             supported form: TF-Slim checkpoint (prefix, ``.index`` or folder), release tarball,
@@ -77,22 +79,30 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
         aux_head, batch_norm_decay, drop_path_keep_prob, dropout_keep_prob: see ``PNASNet``.
         prefer_moving_averages: load ``ExponentialMovingAverage`` shadows where the checkpoint has them.
     """
-    if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
-    variant = VARIANTS[name]
+    if name not in VARIANTS and name != "auto":
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}, "
+                         "or 'auto' to take the configuration from the weights")
     options = dict(aux_head=aux_head, batch_norm_decay=batch_norm_decay,
                    drop_path_keep_prob=drop_path_keep_prob, dropout_keep_prob=dropout_keep_prob)
     if weights is None:
+        if name == "auto":
+            raise ValueError("model 'auto' takes its configuration from the weights: pass weights=")
+        variant = VARIANTS[name]
         classes = variant.num_classes if num_classes is None else num_classes
         return PNASNet(variant.config, num_classes=classes, **options).eval()
 
     from .weights.formats import open_weights
     from .weights.loading import load_from_source
 
-    path = resolve_weights(name, weights, progress=progress)
+    path = resolve_weights("pnasnet5_large" if name == "auto" else name, weights, progress=progress)
     with open_weights(path) as source:
-        classes = _classes_for(variant, source.num_classes, num_classes, str(path))
-        model = PNASNet(variant.config, num_classes=classes, **options)
+        if name == "auto":
+            config = source.infer_config()
+            classes = source.num_classes or 0 if num_classes is None else num_classes
+        else:
+            config = VARIANTS[name].config
+            classes = _classes_for(VARIANTS[name], source.num_classes, num_classes, str(path))
+        model = PNASNet(config, num_classes=classes, **options)
         model.weights_report = load_from_source(model, source, prefer_moving_averages=prefer_moving_averages)
         model.weights_source = {"weights": str(weights), "path": str(path), "kind": source.kind}
     return model.eval()

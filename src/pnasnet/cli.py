@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except BrokenPipeError:  # output piped into `head` and closed: not an error
+        sys.stderr.close()
+        return 0
     except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
         print(f"pnasnet: error: {error}", file=sys.stderr)
         return 2

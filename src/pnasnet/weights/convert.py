@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from pathlib import Path
@@ -30,14 +31,6 @@ def source_sha256(path: Path) -> str:
     return hashlib.sha256(listing.encode()).hexdigest()
 
 
-def variant_of(source: WeightsSource) -> str:
-    """The create_model name that fits a source: Large or Mobile, classifier or feature vector."""
-    config = source.guess_config()
-    if config is None:
-        raise ValueError(f"{source.path}: cannot tell the variant (no conv0 weights); pass --model")
-    return config.name + ("" if source.num_classes else "_feature_vector")
-
-
 def convert_weights(weights: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
                     num_classes: int | None = None, config: PNASNetConfig | None = None) -> dict[str, str]:
     """Load ``weights`` (a registry name or any local form) with full checking and write them as
@@ -46,11 +39,14 @@ def convert_weights(weights: str | os.PathLike, out: str | os.PathLike, *, model
     your own instead (a reduced one, say)."""
     path = resolve_weights(model or "pnasnet5_large", weights)
     with open_weights(path) as source:
-        if config is None:
-            name = model or variant_of(source)
-            config, default_classes = VARIANTS[name].config, VARIANTS[name].num_classes
+        if config is None and model:
+            name, config, default_classes = model, VARIANTS[model].config, VARIANTS[model].num_classes
         else:
-            name, default_classes = config.name, source.num_classes or 0
+            config = config or source.infer_config()
+            default_classes = source.num_classes or 0
+            known = config.name in VARIANTS  # Large or Mobile: name the variant, classifier or not
+            name = config.name + ("" if default_classes or not known else "_feature_vector")
+            default_classes = 1001 if known and default_classes else default_classes
         if num_classes is None:
             num_classes = 0 if not default_classes else (source.num_classes or 0)
             if num_classes == 1000:
@@ -75,12 +71,19 @@ def inspect_weights(weights: str | os.PathLike, *, model: str | None = None) -> 
             "values": int(sum(int(torch.Size(source.shape(n)).numel()) for n in names)),
             "num_classes": source.num_classes, "metadata": source.metadata,
             "variables_list": [(n, list(source.shape(n))) for n in sorted(names)], "fits": {}}
-        candidates = [model] if model else list(VARIANTS)
-        for name in candidates:
-            variant = VARIANTS[name]
+        try:
+            inferred = source.infer_config()
+            info["configuration"] = dataclasses.asdict(inferred)
+        except ValueError as error:
+            inferred, info["configuration"] = None, str(error)
+        candidates = {name: (VARIANTS[name].config, VARIANTS[name].num_classes)
+                      for name in ([model] if model else VARIANTS)}
+        if inferred is not None and inferred.name not in VARIANTS and not model:
+            candidates[f"its own configuration ({inferred.name})"] = (inferred, source.num_classes or 0)
+        for name, (config, default_classes) in candidates.items():
             with torch.device("meta"):
-                classes = variant.num_classes and (source.num_classes or variant.num_classes)
-                network = PNASNet(variant.config, num_classes=classes)
+                classes = default_classes and (source.num_classes or default_classes)
+                network = PNASNet(config, num_classes=classes)
             report = load_tf_slim_variables(network, source, strict=False, check_only=True,
                                             source_name=str(path))
             info["fits"][name] = {"ok": report.ok, "missing": report.missing,

@@ -15,6 +15,7 @@ and reports names and shapes the same way for all of them:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -70,11 +71,41 @@ class WeightsSource:
         return None
 
     def guess_config(self) -> PNASNetConfig | None:
-        """Large or Mobile, from conv0's width (96 vs 32 filters)."""
+        """Large or Mobile, from conv0's width (96 vs 32 filters); None for other widths."""
         if "conv0/weights" not in set(self.names()):
             return None
         width = self.shape("conv0/weights")[-1]
         return {int(32 * LARGE.stem_multiplier): LARGE, int(32 * MOBILE.stem_multiplier): MOBILE}.get(width)
+
+    def infer_config(self) -> PNASNetConfig:
+        """The configuration these weights were made for. This package's files record it; for
+        others it is read off the variables: stem width -> stem multiplier, cell_0's width -> F,
+        the cells with a strided 'none' branch -> the reduction cells. Training-only settings that
+        leave no trace in the weights (drop path, image size) take Large's or Mobile's values when
+        the structure is one of theirs, else no drop path and 224 px."""
+        if "config" in self.metadata:
+            fields = json.loads(self.metadata["config"])
+            return PNASNetConfig(**fields)
+        names = set(self.names())
+        try:
+            stem = self.shape("conv0/weights")[-1]
+            filters = self.shape("cell_0/1x1/weights")[-1]
+        except KeyError as error:
+            raise WeightsFormatError(f"{self.path}: not PNASNet-5 weights (no {error})") from None
+        cells = {int(m.group(1)) for n in names if (m := re.match(r"cell_(\d+)/", n))}
+        num_cells = max(cells) + 1
+        reductions = [i for i in range(num_cells) if f"cell_{i}/comb_iter_4/right/1x1/weights" in names]
+        base = PNASNetConfig("custom", num_cells=num_cells, num_conv_filters=filters,
+                             stem_multiplier=stem / 32, image_size=224, drop_path_keep_prob=1.0,
+                             num_reduction_layers=len(reductions))
+        if base.reduction_indices() != reductions:
+            raise WeightsFormatError(f"{self.path}: reduction cells {reductions} do not follow TF-Slim's "
+                                     f"placement for {num_cells} cells ({base.reduction_indices()})")
+        for known in (LARGE, MOBILE):
+            if (known.num_cells, known.num_conv_filters, known.stem_multiplier, known.num_reduction_layers) == \
+                    (num_cells, filters, stem / 32, len(reductions)):
+                return known
+        return base
 
     def close(self) -> None:
         if isinstance(self.variables, TFCheckpoint):

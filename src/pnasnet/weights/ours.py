@@ -2,13 +2,16 @@
 model's state dict under its own parameter names, with metadata saying what it is:
 
 ``format`` = "pnasnet", ``format_version``, ``variant`` (a ``create_model`` name), ``num_classes``,
-``label_set`` ("imagenet-1001": 0 = background; "imagenet-1000"; or "custom"), ``source`` (what it
+``label_set`` ("imagenet-1001": 0 = background; "imagenet-1000"; or "custom"), ``config`` (the
+architecture's configuration as JSON, so custom ones rebuild), ``source`` (what it
 was converted from), ``source_sha256`` (checksum of the original), ``background_row``
 ("trained" / "untrained": added to a 1000-class source), ``pnasnet_version``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -32,9 +35,12 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[s
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
+    config = getattr(model, "config", None)
     info = {"format": "pnasnet", "format_version": FORMAT_VERSION, "pnasnet_version": __version__,
             "num_classes": str(getattr(model, "num_classes", "")),
             "label_set": label_set_for(int(getattr(model, "num_classes", -1)))}
+    if config is not None:
+        info["config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)
     info.update({k: str(v) for k, v in metadata.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
