@@ -5,10 +5,14 @@ image-classification and feature-vector signatures.
     model = pnasnet.create_model("pnasnet5_large")          # eval mode; weights=... to load
     logits = model.classify(torch.rand(2, 3, 331, 331))     # [2, 1001], 0 = background
     feats = model.features(torch.rand(2, 3, 331, 331))      # [2, 4320]
+    x = pnasnet.load_images(["cat.jpg"], size=331)          # decode + TF-Slim eval transform
+    pnasnet.decode_top_k(model.classify(x), k=5)            # [(index, label, probability), ...]
 """
 
 from .api import create_model, list_models
+from .data import decode_top_k, load_images
 from .model import LARGE, MOBILE, PNASNet, PNASNetConfig
 
 __version__ = "0.1.0"
-__all__ = ["LARGE", "MOBILE", "PNASNet", "PNASNetConfig", "create_model", "list_models"]
+__all__ = ["LARGE", "MOBILE", "PNASNet", "PNASNetConfig", "create_model", "decode_top_k", "list_models",
+           "load_images"]
