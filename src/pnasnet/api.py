@@ -65,9 +65,9 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
     """Build a PNASNet-5 variant, in eval (inference) mode; call ``.train()`` to fine-tune.
 
     Args:
-        name: one of ``list_models()`` (``*_feature_vector`` variants have no final layer), or
+        name: one of ``list_models()`` (``*_feature_vector`` variants have no final layer),
             "auto" to build whatever configuration the weights were made for (a converted custom
-            or reduced model, a fine-tuned head).
+            or reduced model, a fine-tuned head), or a model directory (``pnasnet train --out``).
         weights: None for random initialisation; a known source ("tf-slim", "tf-hub", "timm",
             "cadene"; downloaded once into the cache and verified); or a local file or folder of any
             supported form: TF-Slim checkpoint (prefix, ``.index`` or folder), release tarball,
@@ -79,6 +79,10 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
         aux_head, batch_norm_decay, drop_path_keep_prob, dropout_keep_prob: see ``PNASNet``.
         prefer_moving_averages: load ``ExponentialMovingAverage`` shadows where the checkpoint has them.
     """
+    if name not in VARIANTS and name != "auto" and Path(name).expanduser().exists():
+        return load_model_dir(name, weights=weights, num_classes=num_classes, aux_head=aux_head,
+                              batch_norm_decay=batch_norm_decay, drop_path_keep_prob=drop_path_keep_prob,
+                              dropout_keep_prob=dropout_keep_prob)
     if name not in VARIANTS and name != "auto":
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}, "
                          "or 'auto' to take the configuration from the weights")
@@ -106,3 +110,35 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
         model.weights_report = load_from_source(model, source, prefer_moving_averages=prefer_moving_averages)
         model.weights_source = {"weights": str(weights), "path": str(path), "kind": source.kind}
     return model.eval()
+
+
+# A model directory (what ``pnasnet train`` writes): the weights in this package's format, which
+# record the configuration, and the class names in output order.
+MODEL_FILE = "model.safetensors"
+LABELS_FILE = "labels.txt"
+
+
+def read_labels(path: str | os.PathLike) -> list[str]:
+    """One class name per line, in output order (trailing empty lines ignored)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return lines
+
+
+def load_model_dir(path: str | os.PathLike, *, weights: str | os.PathLike | None = None, **options) -> PNASNet:
+    """Load a model directory (or a single ``.safetensors`` of this package): the configuration
+    comes from the file's metadata, class names from ``labels.txt`` beside it (``model.labels``)."""
+    path = Path(path).expanduser()
+    folder = path if path.is_dir() else path.parent
+    weights_file = Path(weights) if weights is not None else (path / MODEL_FILE if path.is_dir() else path)
+    if not weights_file.exists():
+        raise FileNotFoundError(f"{path}: not a model directory (no {MODEL_FILE} inside)")
+    model = create_model("auto", weights=weights_file, **options)
+    labels_file = folder / LABELS_FILE
+    if labels_file.is_file():
+        labels = read_labels(labels_file)
+        if len(labels) != model.num_classes:
+            raise ValueError(f"{labels_file}: {len(labels)} labels for a model with {model.num_classes} classes")
+        model.labels = labels
+    return model

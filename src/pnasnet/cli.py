@@ -57,11 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--batch-size", type=int, default=1)
     info.set_defaults(func=_cmd_info)
     # Command groups live in their own modules; each adds its subcommands here.
+    from .cli_bench import add_bench_commands
     from .cli_inference import add_inference_commands
+    from .cli_serve import add_serve_commands
+    from .cli_train import add_train_commands
     from .cli_weights import add_weights_commands
 
     add_inference_commands(sub)
     add_weights_commands(sub)
+    add_train_commands(sub)
+    add_bench_commands(sub)
+    add_serve_commands(sub)
     return parser
 
 

@@ -9,6 +9,7 @@ when interrupted (``features`` then resumes when run again).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import csv
 import json
 import os
@@ -28,7 +29,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     from .tasks.inference import DEFAULT_BATCH_SIZE
 
     parser.add_argument("inputs", nargs="+", metavar="PATH", help=_INPUTS_HELP)
-    parser.add_argument("--model", default="pnasnet5_large", help="variant (see `pnasnet models`; default %(default)s)")
+    parser.add_argument("--model", default="pnasnet5_large", help="variant (see `pnasnet models`; default %(default)s), "
+                                                          "'auto' (configuration from --weights), or a model directory "
+                                                          "made by `pnasnet train`")
     parser.add_argument("--weights", help="weights: a known source name or a local checkpoint/file "
                                           "(default: random initialisation, for testing only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation without --weights")
@@ -56,7 +59,9 @@ def _load_model(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.weights is None:
+    if args.weights is None and Path(args.model).exists():
+        described = f"model directory {args.model}"
+    elif args.weights is None:
         torch.manual_seed(args.seed)
         described = f"random initialisation (seed {args.seed})"
         if not args.quiet:

@@ -100,6 +100,8 @@ def classify_paths(model: PNASNet, paths: Sequence[str], *, top_k: int = 5, labe
     """
     if model.num_classes == 0:  # checked now, not when the first result is asked for
         raise ValueError(f"{model.config.name} feature-vector models have no classifier; use features")
+    if labels is None:
+        labels = getattr(model, "labels", None)  # a model directory's labels.txt
     if labels is None and model.num_classes not in (1000, 1001):
         labels = [str(i) for i in range(model.num_classes)]
     return _classifications(run_model(model, paths, model.classify, **options), top_k, labels)

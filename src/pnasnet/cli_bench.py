@@ -1,0 +1,9 @@
+"""Command line: the `bench` command (argument parsing and printing only)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_bench_commands(sub: argparse._SubParsersAction) -> None:
+    """Register this group's subcommands on the top-level parser."""
