@@ -30,14 +30,7 @@ from inference_outputs import assert_same_vectors, read_output  # noqa: E402
 SMALL = ["--model", "pnasnet5_mobile", "--image-size", "64", "--workers", "0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One model thread: on a shared 2-core machine, two OpenMP threads stall whenever another
-    job takes a core, which made these tests ten times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_model_thread")
 
 
 @pytest.fixture(scope="module")

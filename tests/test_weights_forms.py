@@ -273,3 +273,31 @@ def test_inspect_reports_fit_by_name(tmp_path, capsys):
     assert "tf-checkpoint, 440 variables" in printed
     assert "does not fit pnasnet5_mobile: 509 missing" in printed
     assert "fits its own configuration (custom)" in printed
+
+
+HUB = Path(__file__).parent / "fixtures" / "tf_hub"
+
+
+def test_tf1_hub_modules_load_as_tarball_and_folder(tmp_path, monkeypatch):
+    """TF1 hub modules exported by tensorflow_hub (classification with a train graph variant,
+    feature_vector without a final layer): each gives TF's outputs for the fixture images."""
+    from tf_slim_fixtures import fixture_arrays
+
+    monkeypatch.setenv("PNASNET_HOME", str(tmp_path / "cache"))
+    arrays = fixture_arrays("mobile_tiny")
+    x = images_nchw("mobile_tiny", 48)
+    classification = HUB / "mobile_tiny_classification.tar.gz"
+    model = pnasnet.create_model("auto", weights=classification)
+    assert model.weights_source["kind"] == "tf-hub-module"
+    folder = tmp_path / "module"
+    with tarfile.open(classification) as tar:
+        tar.extractall(folder, filter="data")
+    from_folder = pnasnet.create_model("auto", weights=folder)
+    features_only = pnasnet.create_model("auto", weights=HUB / "mobile_tiny_feature_vector.tar.gz")
+    assert features_only.num_classes == 0
+    with torch.inference_mode():
+        for m in (model, from_folder):
+            np.testing.assert_allclose(m.classify(x).numpy(), arrays["eval_logits_48"], rtol=0, atol=1e-4 * 6)
+        np.testing.assert_allclose(features_only(x).numpy(), arrays["eval_global_pool_48"], rtol=0, atol=1e-4 * 5)
+    with pytest.raises(ValueError, match="no final layer"):
+        pnasnet.create_model("pnasnet5_mobile", weights=HUB / "mobile_tiny_feature_vector.tar.gz")
