@@ -15,6 +15,7 @@ and reports names and shapes the same way for all of them:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -163,9 +164,14 @@ def open_weights(path: str | os.PathLike, *, extract_to: Path | None = None) -> 
     if path.is_file():
         if _is_tar(path):
             from .archive import safe_extract
-            from .download import cache_dir, sha256_file
+            from .download import cache_dir
 
-            target = (extract_to or cache_dir() / "extracted") / f"{_stem(path)}-{sha256_file(path)[:12]}"
+            # Keyed by the tarball's identity (path, size, mtime) rather than a hash of its bytes:
+            # no second pass over hundreds of MB on every load; a replaced file gets a new folder.
+            stat = path.stat()
+            identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()
+            target = (extract_to or cache_dir() / "extracted") / \
+                f"{_stem(path)}-{hashlib.sha256(identity).hexdigest()[:12]}"
             if not target.is_dir():
                 safe_extract(path, target)
             return open_weights(target)
