@@ -173,7 +173,10 @@ def open_weights(path: str | os.PathLike, *, extract_to: Path | None = None) -> 
             target = (extract_to or cache_dir() / "extracted") / \
                 f"{_stem(path)}-{hashlib.sha256(identity).hexdigest()[:12]}"
             if not target.is_dir():
-                safe_extract(path, target)
+                try:
+                    safe_extract(path, target)
+                except FileExistsError:
+                    pass  # another process finished extracting the same tarball first
             return open_weights(target)
         if path.suffix == ".index" or re.search(r"\.data-\d{5}-of-\d{5}$", path.name):
             return _open_tf(path, "tf-checkpoint", path)
