@@ -49,6 +49,9 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[s
         save_file(state, tmp, metadata=info)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,0 +1,131 @@
+"""Checkpoints of full fine-tuning, and the lock that keeps two runs out of one model directory.
+
+A checkpoint (``MODEL_DIR/training-checkpoint.pt``) holds everything the rest of the run depends
+on: the model's parameters and batch-norm statistics, the optimizer's momentum, the global RNG
+state (dropout, drop path), the position (epoch, step within it, optimizer steps so far), the
+running sums of the unfinished epoch, the history so far, and the run's identity (settings, data,
+base weights) so that only the same run resumes it. Data order and augmentation are derived from
+the seed and need no state (:mod:`pnasnet.training.rng`).
+
+Written to a temporary file, flushed and renamed: a kill leaves the previous checkpoint or the new
+one, never a torn file. Read back with ``torch.load(weights_only=True)`` (tensors and plain
+containers only, no code).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import torch
+
+try:  # POSIX advisory lock
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["CHECKPOINT_FILE", "CheckpointMismatchError", "ModelDirBusyError", "ModelDirLock", "check_identity",
+           "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_FILE = "training-checkpoint.pt"
+FORMAT = 1
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint in the model directory belongs to another run."""
+
+
+class ModelDirBusyError(RuntimeError):
+    """Another training run is writing the same model directory."""
+
+
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save({"format": FORMAT, **state}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a pnasnet training checkpoint (format {FORMAT})")
+    return state
+
+
+def check_identity(saved_json: str, current: dict, where: str) -> None:
+    """Raise :class:`CheckpointMismatchError` naming each setting that differs."""
+    saved = json.loads(saved_json)
+    current = json.loads(json.dumps(current))  # same normalisation as what was saved
+    keys = sorted(set(saved) | set(current))
+    diffs = []
+    for key in keys:
+        if saved.get(key) != current.get(key):
+            before, now = saved.get(key), current.get(key)
+            if key == "data":
+                diffs.append("data: the images or their split differ")
+            else:
+                diffs.append(f"{key}: {before!r} there, {now!r} now")
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{where} holds a checkpoint of another run ({'; '.join(diffs)}); run with the same settings to "
+            "resume it, or pass --overwrite (overwrite=True) to start over")
+
+
+# Lock descriptors this process holds. A forked child (a DataLoader worker) inherits them, and an
+# flock lives as long as any copy is open: a worker outliving a killed run would keep the model
+# directory locked for seconds. Children close their copies at once, which leaves the parent's lock.
+_HELD_LOCK_FDS: set[int] = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
+
+class ModelDirLock:
+    """``flock`` on the model directory itself for the duration of a run (no lock file is left
+    among the outputs); released by the system when the process ends, however it ends."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        self._fd: int | None = None
+
+    def __enter__(self) -> "ModelDirLock":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # pragma: no cover
+            return self
+        fd = os.open(self.folder, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ModelDirBusyError(f"another training run is writing {self.folder}") from None
+        self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            _HELD_LOCK_FDS.discard(self._fd)
+            os.close(self._fd)
+            self._fd = None
