@@ -9,6 +9,7 @@ model directory holding another run); 130 interrupted (the same command resumes)
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 EXIT_OK, EXIT_BELOW_ACCURACY, EXIT_INTERRUPTED = 0, 1, 130
@@ -35,7 +36,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         augment=args.augment, batch_norm_decay=args.batch_norm_decay, freeze_batch_norm=args.freeze_batch_norm,
         freeze_cells=args.freeze_cells, aux_head=args.aux_head, layer_lr_decay=args.layer_lr_decay,
         drop_path_keep_prob=args.drop_path_keep_prob, accumulation_steps=args.accumulation_steps,
-        bfloat16=args.bfloat16, workers=args.workers, device=args.device,
+        bfloat16=args.bfloat16, sync_batch_norm=args.sync_batch_norm, workers=args.workers, device=args.device,
         inference_batch_size=args.inference_batch_size, cache_dir=args.cache_dir)
     weights = _weights_argument(args.weights) if args.weights is not None else (
         "tf-slim" if args.model.startswith("pnasnet5_") else None)
@@ -50,12 +51,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     classify = f"pnasnet classify --model {args.out}" + (
         f" --transform {args.transform}" if args.transform != "tf-slim" else "")
-    print(f"pnasnet: classify images with: {classify} IMAGES...", file=sys.stderr)
+    main_process = os.environ.get("RANK", "0") == "0"  # [distributed] under torchrun, rank 0 alone prints
+    if main_process:
+        print(f"pnasnet: classify images with: {classify} IMAGES...", file=sys.stderr)
     threshold = args.assert_accuracy_at_least
     if threshold is not None:
         accuracy = result.val_accuracy
         if accuracy is None or accuracy < threshold:
-            print(f"pnasnet: validation accuracy {accuracy} is below the required {threshold}", file=sys.stderr)
+            if main_process:
+                print(f"pnasnet: validation accuracy {accuracy} is below the required {threshold}", file=sys.stderr)
             return EXIT_BELOW_ACCURACY
     return EXIT_OK
 
@@ -120,6 +124,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--accumulation-steps", type=int, default=d.accumulation_steps,
                    help="split each batch into this many micro-batches (default %(default)s)")
     f.add_argument("--bf16", dest="bfloat16", action="store_true", help="bfloat16 autocast of the forward pass")
+    f.add_argument("--sync-batch-norm", action="store_true",
+                   help="under torchrun: batch norm statistics over the images of all processes, not each "
+                        "process's share (use when the per-process batch is small)")
     r = p.add_argument_group("running")
     r.add_argument("--overwrite", action="store_true",
                    help="replace a trained model or another run's checkpoint in MODEL_DIR")

@@ -10,7 +10,8 @@ whole network fine-tuned (``full``), from an image folder with one sub-folder pe
 Modules: ``options`` (settings and defaults), ``dataset`` (folder scan, checks, hash split),
 ``augment`` + ``loader`` (training transforms, reproducible batches), ``feature_cache`` (head
 mode's features), ``head`` / ``finetune`` (the two trainers), ``checkpoint`` (save, resume, lock),
-``report`` (metrics, confusion matrix, curves), ``model_dir`` (the output), ``workflow`` (``train``).
+``report`` (metrics, confusion matrix, curves), ``model_dir`` (the output), ``workflow`` (``train``),
+``distributed`` (several processes under torchrun: DDP, sharded batches, rank-0 outputs).
 """
 
 from .dataset import DatasetError, ImageFolder, LabeledImage, scan_image_folder, split_train_validation

@@ -24,6 +24,7 @@ from ..tasks.inference import run_model
 from .augment import TrainingTransform
 from .checkpoint import save_checkpoint
 from .dataset import LabeledImage
+from .distributed import DistContext, convert_sync_batch_norm, shard, wrap_ddp
 from .loader import AugmentedImages, epoch_batches, training_batches
 from .objective import classification_loss, l2_penalty, learning_rate_factor
 from .options import TrainOptions
@@ -58,7 +59,8 @@ class FineTuner:
       weighted so that the step equals one over the whole batch (batch norm sees the micro-batches).
     """
 
-    def __init__(self, model: PNASNet, options: TrainOptions, *, total_steps: int, device: torch.device):
+    def __init__(self, model: PNASNet, options: TrainOptions, *, total_steps: int, device: torch.device,
+                 dist: DistContext | None = None):
         if options.freeze_cells > len(model.cell_names):
             raise ValueError(f"cannot freeze {options.freeze_cells} cells: the model has {len(model.cell_names)} "
                              f"({', '.join(model.cell_names)})")
@@ -84,6 +86,9 @@ class FineTuner:
                                      "lr_multiplier": options.layer_lr_decay ** depth})
         self.optimizer = torch.optim.SGD(param_groups, lr=options.learning_rate, momentum=options.momentum)
         self.autocast_dtype = torch.bfloat16 if options.bfloat16 else None
+        # [distributed] the model wrapped in DDP (gradients averaged over the processes); None alone
+        self.dist = dist
+        self.ddp = wrap_ddp(model, dist) if dist is not None else None
 
     def train_mode(self) -> None:
         self.model.train()
@@ -100,7 +105,10 @@ class FineTuner:
         autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                     else contextlib.nullcontext())
         with autocast:
-            if self.options.aux_head:
+            if self.ddp is not None:  # [distributed]
+                out = self.ddp(images, with_aux=self.options.aux_head)
+                logits, aux_logits = out if self.options.aux_head else (out, None)
+            elif self.options.aux_head:
                 logits, aux_logits = self.model.classify(images, with_aux=True)
             else:
                 logits, aux_logits = self.model.classify(images), None
@@ -111,8 +119,12 @@ class FineTuner:
                 aux_logits, labels, self.options.label_smoothing)
         return total, loss.detach(), logits.detach()
 
-    def step(self, images: torch.Tensor, labels: torch.Tensor, global_step: int) -> tuple[float, int]:
-        """One optimizer step on a batch; returns (summed main loss over the images, correct count)."""
+    def step(self, images: torch.Tensor, labels: torch.Tensor, global_step: int,
+             global_batch: int | None = None) -> tuple[float, int]:
+        """One optimizer step on a batch; returns (summed main loss over the images, correct count).
+        [distributed] ``images`` is this process's share of a batch of ``global_batch`` images."""
+        if self.ddp is not None:
+            return self._distributed_step(images, labels, global_step, global_batch or len(labels))
         lr = self.learning_rate(global_step)
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group["lr_multiplier"]
@@ -131,6 +143,36 @@ class FineTuner:
         fc = self.model.final_layer.FC
         if self.options.l2_regularizer and fc.weight.requires_grad:
             l2_penalty(fc.weight, self.options.l2_regularizer).backward()
+        self.optimizer.step()
+        return loss_sum, correct
+
+    def _distributed_step(self, images: torch.Tensor, labels: torch.Tensor, global_step: int,
+                          global_batch: int) -> tuple[float, int]:
+        """[distributed] ``step`` under DDP: each micro-batch's loss weighted by its share of the
+        global batch times the world size (DDP divides the summed gradients by the world size);
+        gradients synchronised on the last micro-batch only; the L2 term added once per process
+        (averaged by DDP to itself)."""
+        lr = self.learning_rate(global_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_multiplier"]
+        self.optimizer.zero_grad(set_to_none=True)
+        images = images.to(self.device, non_blocking=True)
+        labels = labels.to(self.device, non_blocking=True)
+        parts = list(zip(images.tensor_split(self.options.accumulation_steps),
+                         labels.tensor_split(self.options.accumulation_steps)))
+        fc = self.model.final_layer.FC
+        scale = self.dist.world_size / global_batch
+        loss_sum, correct = 0.0, 0
+        for i, (part_images, part_labels) in enumerate(parts):
+            last = i == len(parts) - 1
+            with contextlib.nullcontext() if last else self.ddp.no_sync():
+                total, loss, logits = self._forward_loss(part_images, part_labels)
+                total = total * (len(part_labels) * scale)
+                if last and self.options.l2_regularizer and fc.weight.requires_grad:
+                    total = total + l2_penalty(fc.weight, self.options.l2_regularizer)
+                total.backward()
+            loss_sum += float(loss) * len(part_labels)
+            correct += int((logits.argmax(1) == part_labels).sum())
         self.optimizer.step()
         return loss_sum, correct
 
@@ -171,48 +213,79 @@ def _architecture(model: PNASNet) -> dict:
 def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: Sequence[LabeledImage],
               options: TrainOptions, *, image_size: int, checkpoint_path: str | Path, identity: dict,
               resume: dict | None = None, device: torch.device | str = "cpu", workers: int = 0,
-              reporter: TrainReporter | None = None, stop: StopRequest | None = None) -> list[EpochRecord]:
+              reporter: TrainReporter | None = None, stop: StopRequest | None = None,
+              dist: DistContext | None = None) -> list[EpochRecord]:
     """Train ``model`` for ``options.total_epochs`` epochs, from ``resume`` (a loaded checkpoint)
     if given; save a checkpoint after every epoch and when ``stop`` is requested (then raise
-    :class:`TrainingInterrupted`). Returns the per-epoch history."""
+    :class:`TrainingInterrupted`). Returns the per-epoch history.
+
+    [distributed] ``dist``: this process's share of every batch, gradients averaged by DDP, the
+    step's sums and Ctrl-C added up over the processes, rank 0 alone saves and validates."""
     reporter = reporter or SilentReporter()
     device = torch.device(device)
     epochs = options.total_epochs
     steps_per_epoch = len(epoch_batches(len(train_images), options.batch_size, options.seed, 0))
-    tuner = FineTuner(model, options, total_steps=epochs * steps_per_epoch, device=device)
+    if dist is not None:  # [distributed]
+        _check_shares(len(train_images), options, dist)
+        if resume is not None:
+            model.load_state_dict(resume["model"])  # before DDP copies rank 0's weights to every process
+        if options.sync_batch_norm:
+            convert_sync_batch_norm(model)
+    tuner = FineTuner(model, options, total_steps=epochs * steps_per_epoch, device=device, dist=dist)
     dataset = AugmentedImages(train_images, image_size, TrainingTransform(options.augment, options.transform),
                               options.seed)
 
     if resume is not None:
         model.load_state_dict(resume["model"])
         tuner.optimizer.load_state_dict(resume["optimizer"])
-        set_rng_state(resume["rng"])
+        set_rng_state(_own_rng_state(resume, options, dist))
         epoch, done_steps, global_step = resume["epoch"], resume["step"], resume["global_step"]
         partial = dict(resume["partial"])
         history = [EpochRecord(**r) for r in resume["history"]]
     else:
-        torch.manual_seed(derive_seed(options.seed, "train"))
+        # [distributed] rank 0 draws what a single process draws; the others their own streams
+        torch.manual_seed(derive_seed(options.seed, "train") if dist is None or dist.is_main else
+                          derive_seed(options.seed, "train", "rank", dist.rank))
         epoch, done_steps, global_step = 0, 0, 0
         partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         history = []
 
     def save(epoch_now: int, step_now: int) -> None:
-        state = {"identity": json.dumps(identity, sort_keys=True), "epoch": epoch_now, "step": step_now,
+        if dist is not None:  # [distributed] every rank's RNG to rank 0, which alone writes
+            rng_ranks = dist.all_gather_object(get_rng_state())
+            if dist.is_main:
+                save_checkpoint(checkpoint_path, _state(epoch_now, step_now) | {"rng_ranks": rng_ranks, "world_size": dist.world_size})
+            dist.barrier()
+            return
+        save_checkpoint(checkpoint_path, _state(epoch_now, step_now))
+
+    def _state(epoch_now: int, step_now: int) -> dict:
+        return {"identity": json.dumps(identity, sort_keys=True), "epoch": epoch_now, "step": step_now,
                  "global_step": global_step, "partial": dict(partial),
                  "history": [r.to_dict() for r in history], "rng": get_rng_state(),
                  "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                  "optimizer": tuner.optimizer.state_dict(), "architecture": _architecture(model)}
-        save_checkpoint(checkpoint_path, state)
 
     while epoch < epochs:
         started = time.perf_counter() - partial["seconds"]
         batches = epoch_batches(len(train_images), options.batch_size, options.seed, epoch)
         reporter.epoch_start(epoch + 1, epochs, len(batches), done_steps)
         tuner.train_mode()
-        stream = training_batches(dataset, batches[done_steps:], epoch, workers=workers,
+        mine = batches if dist is None else [shard(b, dist.rank, dist.world_size) for b in batches]
+        stream = training_batches(dataset, mine[done_steps:], epoch, workers=workers,
                                   pin_memory=device.type == "cuda")
         for images, labels in stream:
-            loss_sum, correct = tuner.step(images, labels, global_step)
+            if dist is None:
+                loss_sum, correct = tuner.step(images, labels, global_step)
+            else:  # [distributed] the step's sums and any Ctrl-C, over all processes
+                global_batch = len(batches[done_steps])
+                loss_sum, correct = tuner.step(images, labels, global_step, global_batch)
+                loss_sum, correct, _, stopping = dist.all_sum(
+                    [loss_sum, correct, len(labels), float(stop is not None and stop.requested)])
+                correct = int(round(correct))
+                labels = range(global_batch)  # for the counts below
+                if stopping and stop is not None:
+                    stop.requested = True
             global_step += 1
             done_steps += 1
             partial["loss_sum"] += loss_sum
@@ -227,7 +300,7 @@ def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: 
                                           "command again to resume", str(checkpoint_path))
         record = EpochRecord(epoch + 1, partial["loss_sum"] / partial["seen"], partial["correct"] / partial["seen"],
                              learning_rate=tuner.learning_rate(global_step - 1))
-        if val_images:
+        if val_images and (dist is None or dist.is_main):  # [distributed] rank 0 only
             record.val_loss, record.val_accuracy, *_ = evaluate_model(
                 model, val_images, image_size=image_size, transform=options.transform,
                 batch_size=options.inference_batch_size, workers=workers, label_smoothing=options.label_smoothing)
@@ -238,8 +311,35 @@ def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: 
         save(epoch, 0)
         per_epoch = sum(r.seconds for r in history) / len(history)
         reporter.epoch_end(record, per_epoch * (epochs - epoch))
+        if dist is not None and epoch < epochs:  # [distributed] a Ctrl-C during validation, on any rank
+            stopping = dist.all_sum([float(stop is not None and stop.requested)])[0]
+            if stopping and stop is not None:
+                stop.requested = True
         if stop is not None and stop.requested and epoch < epochs:
             raise TrainingInterrupted(f"stopped after epoch {epoch}; run the same command again to resume",
                                       str(checkpoint_path))
     model.eval()
     return history
+
+
+# ---------------------------------------------------------------------------------- [distributed]
+def _check_shares(num_images: int, options: TrainOptions, dist: DistContext) -> None:
+    smallest = min(num_images, options.batch_size) // dist.world_size
+    if smallest < options.accumulation_steps or smallest < 1:
+        raise ValueError(f"{dist.world_size} processes need a batch of at least "
+                         f"{dist.world_size * options.accumulation_steps} images (each process at least one per "
+                         f"micro-batch); got batch size {options.batch_size} with {num_images} training images and "
+                         f"{options.accumulation_steps} accumulation step(s)")
+
+
+def _own_rng_state(resume: dict, options: TrainOptions, dist: DistContext | None) -> dict:
+    """The RNG state this process saved (rank 0's alone; each rank's own under torchrun)."""
+    if dist is None or dist.is_main:
+        return resume["rng"]
+    ranks = resume.get("rng_ranks")
+    if ranks is not None and len(ranks) == dist.world_size:
+        return ranks[dist.rank]
+    # another world size than the one that saved: a fresh stream per rank, still reproducible
+    generator = torch.Generator().manual_seed(
+        derive_seed(options.seed, "train", "resume", resume["epoch"], resume["step"], "rank", dist.rank))
+    return {"torch": generator.get_state()}

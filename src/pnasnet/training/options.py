@@ -54,6 +54,8 @@ class TrainOptions:
     drop_path_keep_prob: float | None = None  # default: the model's (0.6 Large, none Mobile), held
     accumulation_steps: int = 1           # micro-batches per optimizer step
     bfloat16: bool = False                # autocast the forward pass to bfloat16
+    # [distributed] under torchrun: batch norm statistics over all processes' images (no effect alone)
+    sync_batch_norm: bool = False
     # runtime: no effect on the result
     workers: int | None = field(default=None, metadata={"runtime": True})
     device: str | None = field(default=None, metadata={"runtime": True})
@@ -121,7 +123,8 @@ class TrainOptions:
         need(self.inference_batch_size >= 1, "inference batch size must be at least 1")
         if self.mode == "head":
             full_only = ("augment", "batch_norm_decay", "freeze_batch_norm", "freeze_cells", "aux_head",
-                         "layer_lr_decay", "drop_path_keep_prob", "accumulation_steps", "bfloat16")
+                         "layer_lr_decay", "drop_path_keep_prob", "accumulation_steps", "bfloat16",
+                         "sync_batch_norm")
             defaults = {f.name: f.default for f in dataclasses.fields(self)}
             unused = [name for name in full_only if getattr(self, name) != defaults[name]]
             need(not unused, f"{', '.join(unused)}: only for mode 'full' (head mode trains the final layer "

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +29,7 @@ from ..model import PNASNet, PNASNetConfig
 from ..tasks import default_workers
 from ..tasks.inference import model_image_size
 from .checkpoint import CHECKPOINT_FILE, ModelDirLock, check_identity, load_checkpoint
+from . import distributed
 from .dataset import ImageFolder, LabeledImage, Split, check_class_counts, scan_image_folder, split_train_validation
 from .feature_cache import cached_features
 from .finetune import evaluate_model, fine_tune
@@ -36,7 +38,7 @@ from .loader import find_unreadable
 from .model_dir import prepare_model_dir, remove_checkpoint, write_model_dir
 from .models import build_classifier, describe_base, inference_copy, load_backbone
 from .options import TrainOptions
-from .progress import ConsoleReporter, TrainReporter, stop_on_interrupt
+from .progress import ConsoleReporter, SilentReporter, TrainReporter, stop_on_interrupt
 from .report import EpochRecord, evaluation_report
 from .rng import derive_seed
 
@@ -134,25 +136,49 @@ def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = 
     if out.resolve().is_relative_to(Path(image_dir).resolve()):
         raise ValueError(f"the model directory {out} must not be inside the image folder {image_dir} "
                          "(it would be taken for a class)")
+    # [distributed] under torchrun (WORLD_SIZE > 1): full mode in every process, rank 0 writes
+    dist = None
+    if distributed.world_size_from_environment() > 1:
+        if options.mode != "full":
+            raise ValueError("under torchrun only --mode full runs in several processes; run head mode as one "
+                             "process (its feature extraction can use --engine ray)")
+        dist = distributed.from_environment(options.device)
+        overwrite = overwrite and distributed.restart_count() == 0  # a restart resumes, never starts over
+        if not dist.is_main:
+            reporter.close()
+            reporter = SilentReporter()
     created = not out.exists()
     started = time.perf_counter()
+    finished = False
     try:
-        with ModelDirLock(out):
-            prepare_model_dir(out, overwrite=overwrite)
+        with contextlib.ExitStack() as held:
+            def claim_model_dir() -> None:
+                held.enter_context(ModelDirLock(out))
+                prepare_model_dir(out, overwrite=overwrite)
+
+            if dist is None:
+                claim_model_dir()
+            else:  # [distributed] rank 0 holds the lock; the others wait for it to clear the way
+                dist.on_main(claim_model_dir)
+                for line in distributed.restart_notes():
+                    reporter.note(line)
             folder = scan_image_folder(image_dir)
             if folder.ignored:
                 reporter.note(f"{len(folder.ignored)} image(s) directly in {folder.root} belong to no class "
                               "and are ignored (put them in a class sub-folder)")
-            device = _resolve_device(options.device)
+            device = _resolve_device(options.device) if dist is None else dist.device
             workers = options.workers if options.workers is not None else default_workers(device)
             if options.mode == "head":
                 result = _train_head(folder, out, model, weights, options, device, workers, reporter)
             else:
-                result = _train_full(folder, out, model, weights, options, device, workers, reporter)
+                result = _train_full(folder, out, model, weights, options, device, workers, reporter, dist)
+        finished = True
     finally:
         reporter.close()
-        if created and out.is_dir() and not any(out.iterdir()):
+        if (dist is None or dist.is_main) and created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # stopped before writing anything (e.g. an unusable image folder)
+        if dist is not None:
+            dist.shutdown(clean=finished)
     result.seconds["total"] = time.perf_counter() - started
     return result
 
@@ -200,10 +226,13 @@ def _train_head(folder: ImageFolder, out: Path, model_name: str, weights, option
 
 # ------------------------------------------------------------------------------------------ full
 def _train_full(folder: ImageFolder, out: Path, model_name: str, weights, options: TrainOptions,
-                device: torch.device, workers: int, reporter: TrainReporter) -> TrainResult:
+                device: torch.device, workers: int, reporter: TrainReporter,
+                dist: distributed.DistContext | None = None) -> TrainResult:
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
-    unreadable = find_unreadable([im.path for im in folder.images], workers=workers)
+    paths = [im.path for im in folder.images]
+    unreadable = (find_unreadable(paths, workers=workers) if dist is None else  # [distributed] rank 0 decodes
+                  dist.on_main(lambda: find_unreadable(paths, workers=workers)))
     seconds["checking images"] = time.perf_counter() - tick
     split = _readable_split(folder, unreadable, options, reporter)
     base = describe_base(model_name, weights)
@@ -237,14 +266,27 @@ def _train_full(folder: ImageFolder, out: Path, model_name: str, weights, option
                                               options.accumulation_steps > 1 else "")
                   + (", batch norm frozen" if frozen_bn else f", batch norm decay {options.batch_norm_decay}")
                   + (f", first {options.freeze_cells} cells frozen" if options.freeze_cells else "")
-                  + (", aux head" if options.aux_head else ""))
+                  + (", aux head" if options.aux_head else "")
+                  + (f"; {dist.world_size} processes ({dist.backend}), {-(-options.batch_size // dist.world_size)} "
+                     "images per process per step" + (", batch norm synchronised" if options.sync_batch_norm else "")
+                     if dist is not None else ""))
     tick = time.perf_counter()
     with stop_on_interrupt() as stop:
         history = fine_tune(model, split.train, split.validation, options, image_size=size,
                             checkpoint_path=checkpoint_path, identity=identity, resume=resume, device=device,
-                            workers=workers, reporter=reporter, stop=stop)
+                            workers=workers, reporter=reporter, stop=stop, dist=dist)
     seconds["training"] = time.perf_counter() - tick
+    if dist is not None:  # [distributed] rank 0 evaluates and writes MODEL_DIR; every rank gets the result
+        return dist.on_main(lambda: _evaluate_and_write(out, model, folder, split, unreadable, options, model_name,
+                                                        base, size, history, seconds, reporter, workers, resume,
+                                                        checkpoint_path))
+    return _evaluate_and_write(out, model, folder, split, unreadable, options, model_name, base, size, history,
+                               seconds, reporter, workers, resume, checkpoint_path)
 
+
+def _evaluate_and_write(out: Path, model: PNASNet, folder: ImageFolder, split: Split, unreadable, options: TrainOptions,
+                        model_name: str, base: str, size: int, history: list[EpochRecord], seconds: dict[str, float],
+                        reporter: TrainReporter, workers: int, resume, checkpoint_path: Path) -> TrainResult:
     on_val = bool(split.validation)
     loss, _, true, predicted, _ = evaluate_model(
         model, split.validation if on_val else split.train, image_size=size, transform=options.transform,
