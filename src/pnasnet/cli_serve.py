@@ -1,9 +1,116 @@
-"""Command line: the `serve` command (argument parsing and printing only)."""
+"""Command line: ``pnasnet serve`` (argument parsing and printing only; the server is
+:mod:`pnasnet.serve`, which needs the ``pnasnet[serve]`` extra)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+API_KEY_ENV = "PNASNET_API_KEY"
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    if args.api_key_file:
+        key = Path(args.api_key_file).read_text(encoding="utf-8").strip()
+        if not key:
+            raise ValueError(f"{args.api_key_file}: the API key file is empty")
+        return key
+    return os.environ.get(API_KEY_ENV) or None
+
+
+def _weights_path(args: argparse.Namespace) -> str | None:
+    """A known source name is downloaded (once, with progress) here, before the workers start."""
+    if args.weights is None or Path(args.model).expanduser().exists():
+        return args.weights
+    from .api import resolve_weights
+
+    name = "pnasnet5_large" if args.model == "auto" else args.model
+    return str(resolve_weights(name, args.weights))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import ServeSettings, run_server
+
+    settings = ServeSettings(
+        model=args.model, weights=_weights_path(args), seed=args.seed, image_size=args.image_size,
+        transform=args.transform, device=args.device, threads=args.threads, workers=args.workers,
+        decode_threads=args.decode_threads, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
+        max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, max_files=args.max_files,
+        api_key=_api_key(args), graceful_timeout_s=args.graceful_timeout, log_level=args.log_level)
+    settings.check()
+
+    def announce():
+        if args.weights is None and not Path(args.model).exists():
+            print(f"pnasnet: note: no --weights given, serving {settings.describe_weights()}: the outputs mean "
+                  "nothing", file=sys.stderr)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        print(f"pnasnet: serving {args.model} on http://{host}:{args.port} (engine {args.engine}; batches of up to "
+              f"{args.max_batch_size} within {args.max_wait_ms:g} ms; API key "
+              f"{'required' if settings.api_key else 'off'})\n"
+              "pnasnet: POST /v1/classify /v1/features; GET /v1/model /healthz /readyz /metrics /docs /openapi.json",
+              file=sys.stderr, flush=True)
+
+    try:
+        run_server(settings, engine=args.engine, announce=announce)
+    except KeyboardInterrupt:
+        return 130
+    print("pnasnet: server stopped", file=sys.stderr)
+    return 0
 
 
 def add_serve_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
+    from .data import DEFAULT_MAX_PIXELS
+    from .serve import ENGINES
+    from .serve.settings import MIB, ServeSettings
+
+    d = ServeSettings()
+    p = sub.add_parser("serve", help="serve classification and feature vectors over HTTP with dynamic batching",
+                       description="Serve the model over HTTP: POST /v1/classify and /v1/features with an image body "
+                                   "(or multipart files); requests arriving together are run as one batch. "
+                                   "SIGTERM or Ctrl+C finishes the requests in flight, then stops.")
+    p.add_argument("--model", default=d.model, help="variant, 'auto' (configuration from --weights) or a model "
+                                                    "directory made by `pnasnet train` (default %(default)s)")
+    p.add_argument("--weights", help="a known source name or a local checkpoint/file (default: random weights, "
+                                     "for testing only)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random weights without --weights")
+    p.add_argument("--image-size", type=int, help="side of the model input (default: the model's, 331 / 224)")
+    p.add_argument("--transform", choices=("tf-slim", "resize"), default=d.transform,
+                   help="preprocessing (default %(default)s: central crop 0.875 + bilinear, the published accuracy)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="default %(default)s")
+    p.add_argument("--threads", type=int, help="CPU threads per inference worker (default: PyTorch's)")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="inference worker processes, each with its own copy of the model (default %(default)s)")
+    p.add_argument("--decode-threads", type=int, default=d.decode_threads,
+                   help="image-decoding threads per worker (default %(default)s)")
+    p.add_argument("--engine", choices=ENGINES, default="litserve",
+                   help="serving framework (default %(default)s: one machine)")
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default=d.host, help="address to listen on: 127.0.0.1 (default), 0.0.0.0 or ::")
+    net.add_argument("--port", type=int, default=d.port, help="default %(default)s")
+    net.add_argument("--api-key-file", help=f"file holding an API key that /v1/* requests must send (or set "
+                                            f"${API_KEY_ENV}); health, readiness and metrics stay open")
+    batching = p.add_argument_group("dynamic batching")
+    batching.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
+                          help="requests run together, at most (default %(default)s)")
+    batching.add_argument("--max-wait-ms", type=float, default=d.max_wait_ms,
+                          help="how long a batch waits to fill (default %(default)s)")
+    limits = p.add_argument_group("limits")
+    limits.add_argument("--max-queue", type=int, default=d.max_queue,
+                        help="requests admitted and not yet answered; more get 503 + Retry-After (default %(default)s)")
+    limits.add_argument("--timeout", type=float, default=d.timeout_s,
+                        help="seconds per request before 504 (default %(default)s)")
+    limits.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                        help=f"request body limit, 413 beyond (default {d.max_body_bytes // MIB} MiB)")
+    limits.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="decoded pixels per image, 422 beyond (decompression bombs; default %(default)s)")
+    limits.add_argument("--max-files", type=int, default=d.max_files,
+                        help="images per multipart request (default %(default)s)")
+    limits.add_argument("--graceful-timeout", type=float, default=d.graceful_timeout_s,
+                        help="seconds SIGTERM waits for requests in flight (default %(default)s)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default=d.log_level,
+                   help="server log level (default %(default)s; info logs each request)")
+    p.set_defaults(func=_cmd_serve)

@@ -1,0 +1,83 @@
+"""What a server is asked to do: the model to load and every limit, in one picklable value.
+
+The same settings travel to the inference worker process (which loads the model) and stay in the
+HTTP process (which enforces the request limits), so they hold only plain values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..data import DEFAULT_MAX_PIXELS
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    # --- the model (loaded once per inference worker)
+    model: str = "pnasnet5_large"       # variant, "auto" (configuration from weights) or a model directory
+    weights: str | None = None          # source name or local path; None = random weights (testing only)
+    seed: int = 0                       # seed of the random initialisation without weights
+    image_size: int | None = None       # model input side; None = the model's own (331 / 224)
+    transform: str = "tf-slim"          # "tf-slim" (published accuracy) or "resize"
+    device: str = "auto"                # "auto", "cpu" or "cuda"
+    threads: int | None = None          # torch CPU threads in the worker; None = PyTorch's default
+    workers: int = 1                    # inference worker processes (each holds a copy of the model)
+    decode_threads: int = 2             # image-decoding threads inside each worker
+    # --- network
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # --- dynamic batching
+    max_batch_size: int = 8             # requests run together, at most
+    max_wait_ms: float = 10.0           # how long the first request of a batch waits for company
+    # --- limits
+    max_queue: int = 64                 # requests admitted but not answered; beyond it: 503 + Retry-After
+    timeout_s: float = 30.0             # per request, from arrival to answer; beyond it: 504
+    max_body_bytes: int = 16 * MIB      # request body; beyond it: 413
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded width x height (decompression bombs); beyond it: 422
+    max_files: int = 16                 # images in one multipart request
+    max_top_k: int = 100
+    api_key: str | None = None          # when set, /v1/* needs "Authorization: Bearer KEY" or "X-API-Key: KEY"
+    # --- shutdown
+    graceful_timeout_s: float = 30.0    # how long SIGTERM waits for requests in flight
+    log_level: str = "info"
+
+    def check(self) -> None:
+        """Refuse values that cannot work, naming the option."""
+        positive = {"--max-batch-size": self.max_batch_size, "--max-queue": self.max_queue,
+                    "--timeout": self.timeout_s, "--max-body-bytes": self.max_body_bytes,
+                    "--max-pixels": self.max_pixels, "--max-files": self.max_files,
+                    "--workers": self.workers, "--decode-threads": self.decode_threads,
+                    "--max-top-k": self.max_top_k}
+        for option, value in positive.items():
+            if value is None or value <= 0:
+                raise ValueError(f"{option} must be positive, got {value}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
+        if self.max_wait_ms / 1000 >= self.timeout_s:
+            raise ValueError("--max-wait-ms must be shorter than --timeout")
+        if self.graceful_timeout_s < 0:
+            raise ValueError(f"--graceful-timeout must be >= 0, got {self.graceful_timeout_s}")
+        if self.transform not in ("tf-slim", "resize"):
+            raise ValueError(f"--transform must be tf-slim or resize, got {self.transform!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        if not 1 <= self.port <= 65535:
+            raise ValueError(f"--port must be within 1..65535, got {self.port}")
+
+    def describe_weights(self) -> str:
+        if self.weights is not None:
+            return str(self.weights)
+        return f"random initialisation (seed {self.seed})"
+
+
+def load_model(settings: ServeSettings):
+    """The model the settings name, in eval mode on the CPU (the caller moves it)."""
+    import torch
+
+    from ..api import create_model
+
+    if settings.weights is None:
+        torch.manual_seed(settings.seed)  # random weights, reproducible (as `pnasnet classify` does)
+    return create_model(settings.model, weights=settings.weights, progress=False)
