@@ -49,6 +49,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
                         help="refuse images with more pixels than this (decompression bombs; default %(default)s)")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bar or notes (failures are still reported)")
+    from .engines.cli import add_engine_options
+
+    add_engine_options(parser)  # --engine local|ray, --address, --concurrency, --cpus/--gpus-per-actor
 
 
 def _load_model(args: argparse.Namespace):
@@ -151,6 +154,9 @@ class _CsvLine:
 def _cmd_classify(args: argparse.Namespace) -> int:
     from .tasks import TqdmProgress, classify_paths
 
+    if args.engine == "ray":
+        from .engines.cli import cmd_classify_ray
+        return cmd_classify_ray(args)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     paths = _expand(args)
@@ -181,6 +187,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 def _cmd_features(args: argparse.Namespace) -> int:
     from .tasks import TqdmProgress, extract_features
 
+    if args.engine == "ray":
+        from .engines.cli import cmd_features_ray
+        return cmd_features_ray(args)
     paths = _expand(args)
     model, described = _load_model(args)
     try:
@@ -220,7 +229,8 @@ def add_inference_commands(sub: argparse._SubParsersAction) -> None:
                     "command is run again; unreadable inputs are listed with the reason.")
     _add_common_options(features)
     features.add_argument("--out", required=True, help="OUT.parquet (path, features, error; run metadata) or "
-                                                       "OUT.npy (+ OUT.index.csv, OUT.meta.json)")
+                                                       "OUT.npy (+ OUT.index.csv, OUT.meta.json); with --engine ray, "
+                                                       "a folder or URI of Parquet files")
     features.add_argument("--overwrite", action="store_true",
                           help="start over, even if OUT or an unfinished run was made by another model/weights")
     features.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,

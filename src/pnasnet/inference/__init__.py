@@ -1,0 +1,31 @@
+"""Fast inference: the inference form of the model and back ends behind one option.
+
+    import pnasnet
+    from pnasnet.inference import optimize
+
+    model = pnasnet.create_model("pnasnet5_large", weights="tf-slim")
+    fast = optimize(model)                                   # eager, float32: exact, ~2x plain
+    fast = optimize(model, precision="bfloat16")             # reduced precision, explicit
+    fast = optimize(model, backend="openvino", image_size=331)
+    logits = fast.classify(images)                           # as model.classify
+    feats = fast.features(images)                            # as model.features
+
+``fold_batch_norms(model)`` is the inference form itself (a ``PNASNet``, batch norms folded into the
+convolutions, channels-last); ``export_onnx`` writes the ONNX graph. Optional packages (ONNX Runtime,
+OpenVINO, onnx/onnxscript) are imported only by the back ends that need them.
+"""
+
+from .backends import (BACKENDS, PRECISIONS, InferenceModel, available_backends, backend_unavailable,
+                       cpu_has_bf16, keep_freed_memory, optimize)
+from .fold import fold_batch_norms, fold_conv_bn, to_channels_last
+
+
+def export_onnx(*args, **kwargs):
+    """See ``pnasnet.inference.onnx_export.export_onnx``."""
+    from .onnx_export import export_onnx as _export_onnx
+
+    return _export_onnx(*args, **kwargs)
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "InferenceModel", "available_backends", "backend_unavailable",
+           "cpu_has_bf16", "export_onnx", "keep_freed_memory", "fold_batch_norms", "fold_conv_bn", "optimize", "to_channels_last"]

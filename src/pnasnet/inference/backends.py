@@ -1,0 +1,378 @@
+"""Fast inference behind one option: ``optimize(model, backend=..., precision=...)``.
+
+=============  ===========================================================  =====================
+backend        what runs                                                    precision
+=============  ===========================================================  =====================
+``eager``      the inference form (BN folded, channels-last) through a      float32, bfloat16
+               lean forward pass (shared ReLUs, oneDNN-fused ReLU/add);
+               PyTorch only, no compile step
+``compile``    the same under ``torch.compile`` (inductor, frozen weights);  float32, bfloat16
+               compiles on the first call (about a minute for Large)
+``onnxruntime``the ONNX export (fixed image size, any batch) in ONNX          float32
+               Runtime's CPU provider; ``pip install "pnasnet[onnxruntime]"``
+``openvino``   the ONNX export in OpenVINO's CPU plugin;                    float32, bfloat16
+               ``pip install "pnasnet[openvino]"``
+=============  ===========================================================  =====================
+
+``float32`` is the exact path: logits agree with the plain model to about 1e-6 relative (stated
+tolerance 1e-4). ``bfloat16`` (CPUs with AVX512-BF16 or AMX) is an explicit option: about twice as
+fast, with feature-vector cosine similarity >= 0.999 to float32 on real photographs (see
+``benchmarks/README.md`` for the measured agreement). Each back end's package is imported only when
+that back end is asked for.
+
+The result has the model's call shape: ``classify(images) -> [N, num_classes]`` and
+``features(images) -> [N, num_features]``, float32 tensors, for float images ``[N, 3, H, W]`` in [0, 1]
+(checked as the plain model checks them). ONNX Runtime and OpenVINO run at one image size, fixed when
+they are built (``image_size=``, default the model's own).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..model.network import _RANGE_TOLERANCE, PNASNet
+from .fold import fold_batch_norms, to_channels_last
+from .fused import FusedForward, plain_body
+
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+PRECISIONS = ("float32", "bfloat16")
+_SUPPORTED = {"eager": PRECISIONS, "compile": PRECISIONS, "onnxruntime": ("float32",),
+              "openvino": PRECISIONS}
+_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
+_EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+# --------------------------------------------------------------------------------------- discovery
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
+    and slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            flags = handle.read()
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    except OSError:
+        return False
+
+
+def backend_unavailable(backend: str) -> str | None:
+    """None if ``backend`` can run here, else why not (which package to install)."""
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+    import importlib.util
+
+    missing = [p for p in _PACKAGES.get(backend, ()) if importlib.util.find_spec(p) is None]
+    if missing:
+        return (f"backend {backend!r} needs {', '.join(missing)}: "
+                f"pip install \"pnasnet[{_EXTRAS[backend]}]\"")
+    return None
+
+
+def available_backends() -> dict[str, str | None]:
+    """Every back end with None (usable) or the reason it is not."""
+    return {name: backend_unavailable(name) for name in BACKENDS}
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the system
+    (no ``mmap`` for large blocks, no trimming). PyTorch's CPU allocator has no cache: at batch 8
+    on PNASNet-5 Large every forward pass otherwise maps and faults in about 1 GB of fresh pages
+    (~250,000 page faults). Process-wide and irreversible, so it is a separate, explicit call (the
+    command line makes it for its batch runs); returns False where it is not glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+# --------------------------------------------------------------------------------------- the models
+class InferenceModel(nn.Module):
+    """Common face of every back end: ``classify`` / ``features`` / ``forward`` and the model's
+    attributes (``config``, ``num_classes``, ``num_features``, ``expected_image_size``,
+    ``min_image_size``, ``labels`` where the model had them). Inference only: ``train()`` raises."""
+
+    backend: str = ""
+    precision: str = "float32"
+
+    def __init__(self, model: PNASNet, image_size: int | None):
+        super().__init__()
+        self.config = model.config
+        self.num_classes = model.num_classes
+        self.num_features = model.num_features
+        self.expected_image_size = model.expected_image_size
+        self.min_image_size = model.min_image_size
+        self.check_input_range = model.check_input_range
+        self.image_size = image_size  # None: any size (eager / compile)
+        for attr in ("labels", "weights_source", "weights_report"):
+            if hasattr(model, attr):
+                object.__setattr__(self, attr, getattr(model, attr))
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        if mode:
+            raise RuntimeError(f"the {self.backend} inference model cannot train; fine-tune the original model")
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def check_images(self, images: torch.Tensor) -> torch.Tensor:
+        """The plain model's input checks (for back ends that do not run its code)."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images must be a torch.Tensor [N,3,H,W], got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != 3:
+            hint = " (channels last? use images.permute(0, 3, 1, 2))" if images.dim() == 4 and images.shape[-1] == 3 else ""
+            raise ValueError(f"images must have shape [N,3,H,W], got shape {tuple(images.shape)}{hint}")
+        if not images.is_floating_point():
+            raise TypeError(f"images must be float in [0, 1], got dtype {images.dtype}"
+                            " (for 8-bit images use images.float() / 255)")
+        if self.image_size is not None and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"this {self.backend} model was built for {self.image_size}x{self.image_size} images, "
+                             f"got {images.shape[-2]}x{images.shape[-1]}; build it with image_size= that size")
+        if self.check_input_range and images.numel():
+            low, high = torch.aminmax(images.detach())
+            low, high = float(low), float(high)
+            if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+                raise ValueError(
+                    f"images must have values in [0, 1] (the model rescales them itself), got values in "
+                    f"[{low:.3g}, {high:.3g}]; divide 8-bit images by 255, undo a [-1, 1] scaling, "
+                    "or set model.check_input_range = False")
+        return images
+
+    def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(features, logits or None) as float32 on the CPU."""
+        raise NotImplementedError
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Feature vector [N, num_features] (ReLU of the last cell, mean over H and W), float32."""
+        return self._run(images, want_logits=False)[0]
+
+    def classify(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits [N, num_classes] (index 0 = background for 1001 classes), float32."""
+        if not self.num_classes:
+            raise RuntimeError("this is a feature-vector model (num_classes=0): use features()")
+        return self._run(images, want_logits=True)[1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.classify(images) if self.num_classes else self.features(images)
+
+    def extra_repr(self) -> str:
+        size = f", image_size={self.image_size}" if self.image_size else ""
+        return f"backend={self.backend!r}, precision={self.precision!r}, model={self.config.name!r}{size}"
+
+
+class EagerModel(InferenceModel):
+    backend = "eager"
+
+    def __init__(self, model: PNASNet, precision: str = "float32", fused: bool = True):
+        super().__init__(model, None)
+        self.precision = precision
+        net = fold_batch_norms(model, channels_last=True)
+        if precision == "bfloat16":
+            # The cells in bfloat16; the input scaling, the stem convolution (0.3% of the work) and
+            # the final layer stay float32, and the pooling accumulates in float32.
+            net = net.to(torch.bfloat16)
+            net.conv0.float()
+            if net.final_layer.FC is not None:
+                net.final_layer.FC.float()
+        net.check_input_range = model.check_input_range
+        self.net = net
+        device = next(net.parameters()).device
+        self.runner = FusedForward(net, use_mkldnn=None if device.type == "cpu" else False) if fused else None
+        self._released = False
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        self.net.check_input_range = self.check_input_range
+        images = to_channels_last(images)
+        if self.runner is not None:
+            return self.runner.pooled(images)
+        return self.net.features(images)
+
+    def _run(self, images, want_logits):
+        with torch.inference_mode():
+            pooled = self.pooled(images).float()
+            logits = self.net.final_layer(pooled) if want_logits else None
+        if self.runner is not None and not self._released:
+            # The first pass packed the weights into oneDNN's layouts: keep only those.
+            self.runner.release_dense_weights()
+            self._released = True
+        return pooled, logits
+
+
+class CompiledModel(EagerModel):
+    """``torch.compile`` (inductor) of the eager inference form with frozen weights. Compiles on the
+    first call for that batch size and image size; a smaller batch (a run's last one) is padded to the
+    compiled batch size instead of compiling again."""
+
+    backend = "compile"
+
+    def __init__(self, model: PNASNet, precision: str = "float32", fused: bool = False,
+                 mode: str | None = None):
+        super().__init__(model, precision, fused=fused)
+        runner, net = self.runner, self.net
+
+        def body(x: torch.Tensor) -> torch.Tensor:
+            return runner.body(x) if runner is not None else plain_body(net, x)
+
+        self._compiled = torch.compile(body, dynamic=False, mode=mode, options={"freezing": True})
+        self._batch_sizes: set[int] = set()
+
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        net.check_input_range = self.check_input_range
+        x = net._prepare(to_channels_last(images))  # checks and rescaling outside the graph
+        n = x.shape[0]
+        larger = [b for b in self._batch_sizes if b > n]
+        if n not in self._batch_sizes and larger:
+            pad = min(larger) - n
+            x = torch.cat([x, x[-1:].expand(pad, *x.shape[1:])], 0).contiguous(memory_format=torch.channels_last)
+        else:
+            self._batch_sizes.add(n)
+        return self._compiled(x)[:n]
+
+
+def _export(model: PNASNet, image_size: int, onnx_path: str | os.PathLike | None) -> tuple[Path, bool]:
+    from .onnx_export import export_onnx
+
+    if onnx_path is not None and Path(onnx_path).is_file():
+        return Path(onnx_path), False
+    if onnx_path is None:
+        fd, name = tempfile.mkstemp(prefix="pnasnet-", suffix=".onnx")
+        os.close(fd)
+        return export_onnx(model, name, image_size=image_size), True
+    return export_onnx(model, onnx_path, image_size=image_size), False
+
+
+class _GraphModel(InferenceModel):
+    """A back end that runs the ONNX graph: outputs ``features`` and (if any) ``logits``."""
+
+    def __init__(self, model: PNASNet, image_size: int | None):
+        size = int(image_size or model.expected_image_size[0])
+        if size < model.min_image_size:
+            raise ValueError(f"image size {size} is below the {model.config.name} minimum of {model.min_image_size}")
+        super().__init__(model, size)
+
+    def _inputs(self, images: torch.Tensor):
+        images = self.check_images(images)
+        return images.detach().to("cpu", torch.float32).contiguous().numpy()
+
+    def _run(self, images, want_logits):
+        outputs = self._infer(self._inputs(images))
+        feats = torch.from_numpy(outputs[0])
+        logits = torch.from_numpy(outputs[1]) if want_logits and len(outputs) > 1 else None
+        return feats, logits
+
+
+class OnnxRuntimeModel(_GraphModel):
+    backend = "onnxruntime"
+
+    def __init__(self, model: PNASNet, image_size: int | None = None, threads: int | None = None,
+                 onnx_path: str | os.PathLike | None = None):
+        import onnxruntime as ort
+
+        super().__init__(model, image_size)
+        path, temporary = _export(model, self.image_size, onnx_path)
+        try:
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.intra_op_num_threads = threads or torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        finally:
+            if temporary:
+                Path(path).unlink(missing_ok=True)
+        self._outputs = [o.name for o in self.session.get_outputs()]
+
+    def _infer(self, array):
+        return self.session.run(self._outputs, {"images": array})
+
+
+class OpenVINOModel(_GraphModel):
+    backend = "openvino"
+
+    def __init__(self, model: PNASNet, image_size: int | None = None, precision: str = "float32",
+                 threads: int | None = None, onnx_path: str | os.PathLike | None = None,
+                 hint: str = "LATENCY"):
+        import openvino as ov
+
+        super().__init__(model, image_size)
+        self.precision = precision
+        path, temporary = _export(model, self.image_size, onnx_path)
+        try:
+            core = ov.Core()
+            graph = core.read_model(str(path))
+            config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
+                      "PERFORMANCE_HINT": hint}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            self.compiled = core.compile_model(graph, "CPU", config)
+        finally:
+            if temporary:
+                Path(path).unlink(missing_ok=True)
+        self.request = self.compiled.create_infer_request()
+        self._outputs = list(self.compiled.outputs)
+
+    def _infer(self, array):
+        results = self.request.infer({0: array})
+        return [results[o] for o in self._outputs]
+
+
+# --------------------------------------------------------------------------------------- the option
+def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32", *,
+             image_size: int | None = None, threads: int | None = None,
+             onnx_path: str | os.PathLike | None = None) -> InferenceModel:
+    """The fast inference form of ``model`` on ``backend`` at ``precision``.
+
+    Args:
+        model: a ``PNASNet`` (as ``pnasnet.create_model`` returns it); left unchanged.
+        backend: "eager" (default: PyTorch only, no compile, the fastest exact path measured here),
+            "compile", "onnxruntime" or "openvino".
+        precision: "float32" (exact: equal to the plain model within float rounding) or "bfloat16"
+            (reduced precision, an explicit choice; eager, compile and openvino).
+        image_size: the one image size of an "onnxruntime" / "openvino" model (default: the model's
+            own, 331 Large, 224 Mobile); eager and compile run at any size.
+        threads: CPU threads for onnxruntime / openvino (default: PyTorch's thread count); for eager
+            and compile use ``torch.set_num_threads``.
+        onnx_path: where onnxruntime / openvino keep the exported graph (reused if it exists; a
+            temporary file by default). It must have been exported from the same weights and size.
+    """
+    if not isinstance(model, PNASNet):
+        raise TypeError(f"expected a PNASNet (pnasnet.create_model), got {type(model).__name__}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in _SUPPORTED[backend]:
+        raise ValueError(f"backend {backend!r} supports precision {', '.join(_SUPPORTED[backend])} only")
+    reason = backend_unavailable(backend)
+    if reason:
+        raise ImportError(reason)
+    if precision == "bfloat16" and not cpu_has_bf16():
+        warnings.warn("this CPU has no native bfloat16 (AVX512-BF16/AMX): bfloat16 will be slower than "
+                      "float32", RuntimeWarning, stacklevel=2)
+    if model.training:
+        raise RuntimeError("optimize() builds an inference model: call model.eval() first")
+    if backend in ("onnxruntime", "openvino") and next(model.parameters()).device.type != "cpu":
+        raise ValueError(f"backend {backend!r} runs on the CPU: move the model to the CPU first")
+    if backend == "eager":
+        return EagerModel(model, precision)
+    if backend == "compile":
+        return CompiledModel(model, precision)
+    if backend == "onnxruntime":
+        return OnnxRuntimeModel(model, image_size, threads, onnx_path)
+    return OpenVINOModel(model, image_size, precision, threads, onnx_path)
