@@ -3,9 +3,9 @@
 This script needs TensorFlow (tested with tensorflow-cpu 2.12.1); the tests that read its output
 do not. Run it from a scratch environment, e.g.::
 
-    python3.11 -m venv /tmp/tfenv_b
-    /tmp/tfenv_b/bin/pip install tensorflow-cpu==2.12.1 'numpy<1.24'
-    /tmp/tfenv_b/bin/python tools/make_checkpoint_format_fixtures.py --out tests/fixtures/tf_ckpt
+    python3.11 -m venv $TFENV
+    $TFENV/bin/pip install tensorflow-cpu==2.12.1 'numpy<1.24'
+    $TFENV/bin/python tools/make_checkpoint_format_fixtures.py --out tests/fixtures/tf_ckpt
 
 It writes, under ``--out``:
 

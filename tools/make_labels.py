@@ -7,8 +7,8 @@ comma-separated WordNet lemmas, the same text as ``imagenet_metadata.txt`` that 
 ``datasets/imagenet.py`` reads for its readable names). timm is not installed for this; the wheel
 is only read::
 
-    pip download timm --no-deps -d /tmp/timm_wheel
-    python tools/make_labels.py /tmp/timm_wheel/timm-*.whl
+    pip download timm --no-deps -d $WHEELS
+    python tools/make_labels.py $WHEELS/timm-*.whl
 
 Output columns (tab-separated, with a header line):
 

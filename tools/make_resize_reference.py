@@ -1,8 +1,8 @@
 """Make tests/fixtures/resize/tf_eval_reference.npz with real TensorFlow.
 
 Needs TensorFlow (made with tensorflow-cpu 2.12.1, numpy 1.23.5) in a scratch environment, not in
-the project's: ``python3.11 -m venv /tmp/tfenv && /tmp/tfenv/bin/pip install tensorflow-cpu==2.12.1
-'numpy<1.24'`` then ``/tmp/tfenv/bin/python tools/make_resize_reference.py``.
+the project's: ``python3.11 -m venv $TFENV && $TFENV/bin/pip install tensorflow-cpu==2.12.1
+'numpy<1.24'`` then ``$TFENV/bin/python tools/make_resize_reference.py``.
 
 For a few small uint8 RGB images of odd and even sizes it records:
 

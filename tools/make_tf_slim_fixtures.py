@@ -55,7 +55,7 @@ they are imported with ``tensorflow.contrib`` aliased to ``tf_slim``.
 Usage::
 
     python tools/make_tf_slim_fixtures.py --slim-dir DIR --out tests/fixtures/tf_slim \
-        [--full-size-out /tmp/pnasnet_full]
+        [--full-size-out FULL_SIZE_DIR]
 
 ``--full-size-out`` additionally writes full-size PNASNet-5 Large (331 px, 1001
 classes) and Mobile (224 px) checkpoints with random unit-scale weights and
