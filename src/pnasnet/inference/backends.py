@@ -9,7 +9,7 @@ backend        what runs                                                    prec
 ``compile``    the same under ``torch.compile`` (inductor, frozen weights);  float32, bfloat16
                compiles on the first call (about a minute for Large)
 ``onnxruntime``the ONNX export (fixed image size, any batch) in ONNX          float32
-               Runtime's CPU provider; ``pip install "pnasnet[onnxruntime]"``
+               Runtime's CPU provider; ``pip install "pnasnet[onnx]"``
 ``openvino``   the ONNX export in OpenVINO's CPU plugin;                    float32, bfloat16
                ``pip install "pnasnet[openvino]"``
 =============  ===========================================================  =====================
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..model.network import _RANGE_TOLERANCE, PNASNet
+from ..model.network import PNASNet, check_images
 from .fold import fold_batch_norms, to_channels_last
 from .fused import FusedForward, plain_body
 
@@ -45,7 +45,7 @@ PRECISIONS = ("float32", "bfloat16")
 _SUPPORTED = {"eager": PRECISIONS, "compile": PRECISIONS, "onnxruntime": ("float32",),
               "openvino": PRECISIONS}
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
-_EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 
 # --------------------------------------------------------------------------------------- discovery
@@ -127,26 +127,13 @@ class InferenceModel(nn.Module):
         return torch.device("cpu")
 
     def check_images(self, images: torch.Tensor) -> torch.Tensor:
-        """The plain model's input checks (for back ends that do not run its code)."""
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor [N,3,H,W], got {type(images).__name__}")
-        if images.dim() != 4 or images.shape[1] != 3:
-            hint = " (channels last? use images.permute(0, 3, 1, 2))" if images.dim() == 4 and images.shape[-1] == 3 else ""
-            raise ValueError(f"images must have shape [N,3,H,W], got shape {tuple(images.shape)}{hint}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be float in [0, 1], got dtype {images.dtype}"
-                            " (for 8-bit images use images.float() / 255)")
+        """The plain model's input checks (for back ends that do not run its code), plus the one
+        image size a fixed-size export takes."""
+        check_images(images, min_size=self.min_image_size, name=self.config.name,
+                     check_range=self.check_input_range)
         if self.image_size is not None and tuple(images.shape[-2:]) != (self.image_size, self.image_size):
             raise ValueError(f"this {self.backend} model was built for {self.image_size}x{self.image_size} images, "
                              f"got {images.shape[-2]}x{images.shape[-1]}; build it with image_size= that size")
-        if self.check_input_range and images.numel():
-            low, high = torch.aminmax(images.detach())
-            low, high = float(low), float(high)
-            if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-                raise ValueError(
-                    f"images must have values in [0, 1] (the model rescales them itself), got values in "
-                    f"[{low:.3g}, {high:.3g}]; divide 8-bit images by 255, undo a [-1, 1] scaling, "
-                    "or set model.check_input_range = False")
         return images
 
     def _run(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

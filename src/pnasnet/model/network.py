@@ -58,6 +58,32 @@ MOBILE = PNASNetConfig("pnasnet5_mobile", num_cells=9, num_conv_filters=54, stem
 _RANGE_TOLERANCE = 0.1
 
 
+def check_images(images: torch.Tensor, *, min_size: int, name: str, check_range: bool = True) -> None:
+    """The signatures' input contract: float [N,3,H,W] in [0, 1], at least ``min_size`` pixels a
+    side. Each violation gets an error that says what to do about it."""
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor [N,3,H,W], got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape [N,3,H,W], got shape {tuple(images.shape)}")
+    if images.shape[1] != 3:
+        hint = " (channels last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
+        raise ValueError(f"images must have 3 channels in dim 1, got shape {tuple(images.shape)}{hint}")
+    if not images.is_floating_point():
+        raise TypeError(f"images must be float in [0, 1], got dtype {images.dtype}"
+                        " (for 8-bit images use images.float() / 255)")
+    if min(images.shape[-2:]) < min_size:
+        raise ValueError(f"{name} needs images of at least {min_size}x{min_size} pixels, "
+                         f"got {images.shape[-2]}x{images.shape[-1]}")
+    if check_range and images.numel():
+        low, high = torch.aminmax(images.detach())
+        low, high = float(low), float(high)
+        if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
+            raise ValueError(
+                f"images must have values in [0, 1] (the model rescales them itself), got values in "
+                f"[{low:.3g}, {high:.3g}]; divide 8-bit images by 255, undo a [-1, 1] scaling, "
+                "or set model.check_input_range = False")
+
+
 def _conv0_size(n: int) -> int:
     return (n - 3) // 2 + 1  # 3x3, stride 2, VALID
 
@@ -253,28 +279,8 @@ class PNASNet(nn.Module):
 
     # ----------------------------------------------------------------------------- forward
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        if not isinstance(images, torch.Tensor):
-            raise TypeError(f"images must be a torch.Tensor [N,3,H,W], got {type(images).__name__}")
-        if images.dim() != 4:
-            raise ValueError(f"images must have shape [N,3,H,W], got shape {tuple(images.shape)}")
-        if images.shape[1] != 3:
-            hint = " (channels last? use images.permute(0, 3, 1, 2))" if images.shape[-1] == 3 else ""
-            raise ValueError(f"images must have 3 channels in dim 1, got shape {tuple(images.shape)}{hint}")
-        if not images.is_floating_point():
-            raise TypeError(f"images must be float in [0, 1], got dtype {images.dtype}"
-                            " (for 8-bit images use images.float() / 255)")
-        small = self.min_image_size
-        if min(images.shape[-2:]) < small:
-            raise ValueError(f"{self.config.name} needs images of at least {small}x{small} pixels, "
-                             f"got {images.shape[-2]}x{images.shape[-1]}")
-        if self.check_input_range and images.numel():
-            low, high = torch.aminmax(images.detach())
-            low, high = float(low), float(high)
-            if low < -_RANGE_TOLERANCE or high > 1.0 + _RANGE_TOLERANCE:
-                raise ValueError(
-                    f"images must have values in [0, 1] (the model rescales them itself), got values in "
-                    f"[{low:.3g}, {high:.3g}]; divide 8-bit images by 255, undo a [-1, 1] scaling, "
-                    "or set model.check_input_range = False")
+        check_images(images, min_size=self.min_image_size, name=self.config.name,
+                     check_range=self.check_input_range)
         images = images.to(self.conv0.weight.dtype)
         # TF-Slim inception preprocessing: (x - 0.5) * 2 maps [0, 1] to [-1, 1].
         return (images - 0.5) * 2.0
