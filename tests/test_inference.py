@@ -95,14 +95,20 @@ def test_features_at_the_model_size_with_each_transform(model, photos):
         assert_same_vectors(got, _direct_features(model, photos[:2], 224, direct_name))
 
 
-def test_classify_gives_decode_top_k_of_the_logits(model, photos):
-    results = list(classify_paths(model, photos, top_k=3, image_size=SIZE, workers=0))
+@pytest.mark.parametrize("backend", ["plain", "auto"])
+def test_classify_gives_decode_top_k_of_the_logits(model, photos, backend):
+    results = list(classify_paths(model, photos, top_k=3, image_size=SIZE, workers=0, backend=backend))
     with torch.inference_mode():
-        expected = decode_top_k(model.classify(load_images(photos, SIZE)), 3)
+        logits = model.classify(load_images(photos, SIZE))
+    expected = decode_top_k(logits, 3)
+    # plain: the same computation; auto (the exact inference form): logits within its stated 1e-4 of
+    # their scale, so log-probabilities within twice that
+    log_tolerance = 1e-5 if backend == "plain" else 2e-4 * float(logits.abs().max())
     assert [r.path for r in results] == photos
     for result, top in zip(results, expected):
         assert [(i, label) for i, label, _ in result.top_k] == [(i, label) for i, label, _ in top]
-        np.testing.assert_allclose([p for *_, p in result.top_k], [p for *_, p in top], rtol=1e-5)
+        np.testing.assert_allclose(np.log([p for *_, p in result.top_k]), np.log([p for *_, p in top]),
+                                   rtol=0, atol=log_tolerance)
     with pytest.raises(ValueError, match="feature-vector"):
         classify_paths(pnasnet.create_model("pnasnet5_mobile_feature_vector"), photos)
 
@@ -138,7 +144,7 @@ def test_extract_features_writes_every_input_once_with_metadata(model, tmp_path,
     assert all(rows[str(p)][0] is None and rows[str(p)][1] for p in bad)
     assert meta == {"model": "pnasnet5_mobile", "weights": "seeded test weights", "transform": "tf-slim",
                     "image_size": SIZE, "num_features": 1080, "parameters_sha256": parameters_sha256(model),
-                    "pnasnet_version": pnasnet.__version__}
+                    "pnasnet_version": pnasnet.__version__, "precision": "float32"}
     assert not (tmp_path / "out" / f"feats{suffix}.partial").exists()
     assert sorted(os.listdir(tmp_path / "out")) == sorted(f.name for f in summary.files)
 
@@ -216,6 +222,55 @@ def test_refuses_to_mix_runs_unless_overwrite(model, tmp_path, photos):
     extract_features(other, photos[:2], out, weights="B", image_size=SIZE, workers=0, overwrite=True)
     rows, meta = read_output(out)
     assert meta["weights"] == "B" and len(rows) == 2
+
+
+def test_features_on_each_back_end_and_precision_stay_apart(model, tmp_path, photos):
+    from pnasnet.inference import available_backends
+
+    plain = _direct_features(model, photos)
+    graph = [b for b in ("onnxruntime", "openvino") if available_backends()[b] is None]  # the extras
+    for backend in ["plain", "eager"] + graph:
+        got = np.stack([f.vector for f in iter_features(model, photos, image_size=SIZE, workers=0, backend=backend)])
+        # the float32 back ends compute the plain model's function (stated tolerance 1e-4 of scale)
+        assert np.abs(got - plain).max() <= 1e-4 * np.abs(plain).max(), backend
+    out = tmp_path / "f.parquet"
+    extract_features(model, photos[:2], out, image_size=SIZE, workers=0, backend="eager", precision="bfloat16")
+    rows, meta = read_output(out)
+    assert meta["precision"] == "bfloat16"
+    bf16 = np.stack([rows[p][0] for p in photos[:2]])
+    assert 0 < np.abs(bf16 - plain[:2]).max() <= 0.1 * np.abs(plain).max()  # rounded, not another function
+    # bfloat16 and float32 vectors are never mixed in one output; another float32 back end may resume
+    with pytest.raises(OutputMismatchError, match="precision"):
+        extract_features(model, photos, out, image_size=SIZE, workers=0)
+    float_out = tmp_path / "g.parquet"
+    extract_features(model, photos[:1], float_out, image_size=SIZE, workers=0, backend="plain")
+    summary = extract_features(model, photos, float_out, image_size=SIZE, workers=0, backend="eager")
+    assert summary.computed == len(photos) - 1
+    with pytest.raises(ValueError, match="float32 only"):
+        extract_features(model, photos, tmp_path / "h.npy", image_size=SIZE, backend="plain", precision="bfloat16")
+    with pytest.raises(ValueError, match="unknown backend"):
+        list(iter_features(model, photos, image_size=SIZE, backend="tpu"))
+    from pnasnet.inference import optimize
+
+    with pytest.raises(TypeError, match="not an optimized one"):
+        extract_features(optimize(model), photos, tmp_path / "h.npy", image_size=SIZE)
+
+
+def test_in_place_turns_the_model_itself_into_the_inference_form(photos):
+    torch.manual_seed(0)
+    own = pnasnet.create_model("pnasnet5_mobile")
+    expected = _direct_features(own, photos)
+    got = np.stack([f.vector for f in iter_features(own, photos, image_size=SIZE, workers=0, in_place=True)])
+    assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert getattr(own, "is_folded", False)
+    with pytest.raises(RuntimeError, match="cannot train"):
+        own.train()
+
+
+def test_run_metadata_written_before_precision_existed_reads_as_float32():
+    old = _info().to_json().replace(', "precision": "float32"', "")
+    assert "precision" not in old
+    assert RunInfo.from_json(old).precision == "float32"
 
 
 def test_unfinished_chunks_of_another_run_are_refused(model, tmp_path, photos):

@@ -36,7 +36,7 @@ def _ray_options(args: argparse.Namespace) -> dict:
     return dict(transform=args.transform, image_size=args.image_size, batch_size=args.batch_size,
                 max_pixels=args.max_pixels, address=args.address, concurrency=args.concurrency,
                 cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, threads=args.threads,
-                device=args.device, quiet=args.quiet)
+                device=args.device, backend=args.backend, precision=args.precision, quiet=args.quiet)
 
 
 def _inputs(args: argparse.Namespace) -> list[str]:

@@ -131,6 +131,8 @@ class _Plan:
     gpus_per_actor: float
     threads: int
     device: str
+    backend: str = "auto"       # how each actor runs the model (pnasnet.inference.for_inference)
+    precision: str = "float32"
 
 
 def _decode_reserve(cpus: float) -> float:
@@ -140,9 +142,12 @@ def _decode_reserve(cpus: float) -> float:
 
 
 def _plan(ray, concurrency: PoolSize | None, cpus_per_actor: float, gpus_per_actor: float | None,
-          threads: int | None, device: str | None) -> _Plan:
+          threads: int | None, device: str | None, backend: str = "auto", precision: str = "float32") -> _Plan:
     resources = ray.cluster_resources()
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
+    from ..inference import check_backend_choice
+
+    check_backend_choice(backend, precision)  # here, not in every actor
     if gpus_per_actor is None:  # a GPU per actor where the cluster has GPUs, unless told --device cpu
         gpus_per_actor = 1.0 if gpus >= 1 and not (device or "").startswith("cpu") else 0.0
     if cpus_per_actor <= 0 or gpus_per_actor < 0:
@@ -168,7 +173,7 @@ def _plan(ray, concurrency: PoolSize | None, cpus_per_actor: float, gpus_per_act
             cpus_per_actor = round(fitted, 4)
     torch_threads = threads or max(1, int(cpus_per_actor))
     return _Plan(pool, cpus_per_actor, gpus_per_actor, torch_threads,
-                 device or ("cuda" if gpus_per_actor > 0 else "cpu"))
+                 device or ("cuda" if gpus_per_actor > 0 else "cpu"), backend, precision)
 
 
 # ------------------------------------------------------------------------------------- stages
@@ -198,13 +203,18 @@ def _decode(batch: dict, *, size: int, transform: str, max_pixels: int | None) -
 class _ModelActor:
     """Ray actor: the model, received once from the object store; ``__call__`` runs one batch."""
 
-    def __init__(self, model_ref: list, mode: str, device: str, threads: int, top_k: int):
+    def __init__(self, model_ref: list, mode: str, device: str, threads: int, top_k: int,
+                 backend: str = "auto", precision: str = "float32", image_size: int | None = None):
         import ray
         import torch
 
+        from ..inference import for_inference
+
         torch.set_num_threads(threads)
         model = ray.get(model_ref[0])
-        self.model = model.to(device).eval()
+        # the actor's own copy: converted in place, so its weights are held once
+        self.model = for_inference(model.to(device).eval(), backend, precision, image_size=image_size,
+                                   in_place=True)
         self.device = torch.device(device)
         self.mode = mode
         self.top_k = top_k
@@ -278,13 +288,13 @@ def _decode_memory(batch_size: int, size: int) -> int:
     return int(384 * 2**20 + 4 * batch_size * 3 * size * size * 4)
 
 
-def _model_stage(ray, dataset, model_ref, mode: str, plan: _Plan, batch_size: int, top_k: int = 0):
+def _model_stage(ray, dataset, model_ref, mode: str, plan: _Plan, batch_size: int, size: int, top_k: int = 0):
     compute = ray.data.ActorPoolStrategy(min_size=plan.pool.min, max_size=plan.pool.max)
     return dataset.map_batches(
         _ModelActor, batch_size=batch_size, compute=compute, batch_format="numpy",
         # the reference inside a list: the actor fetches it itself (ray.get), once
         fn_constructor_kwargs=dict(model_ref=[model_ref], mode=mode, device=plan.device, threads=plan.threads,
-                                   top_k=top_k),
+                                   top_k=top_k, backend=plan.backend, precision=plan.precision, image_size=size),
         num_cpus=plan.cpus_per_actor, num_gpus=plan.gpus_per_actor or None)
 
 
@@ -296,7 +306,7 @@ def _pipeline(ray, model_ref, paths: Sequence[str], mode: str, *, size: int, tra
     decoded = dataset.map_batches(_decode, batch_size=batch_size, batch_format="numpy",
                                   fn_kwargs=dict(size=size, transform=transform, max_pixels=max_pixels),
                                   num_cpus=DECODE_CPUS, memory=_decode_memory(batch_size, size))
-    return _model_stage(ray, decoded, model_ref, mode, plan, batch_size, top_k)
+    return _model_stage(ray, decoded, model_ref, mode, plan, batch_size, size, top_k)
 
 
 @contextmanager
@@ -351,6 +361,7 @@ def extract_features_ray(model, paths: Sequence[str], out: str | os.PathLike, *,
                          chunk_size: int = DEFAULT_CHUNK_SIZE, address: str | None = None,
                          concurrency: PoolSize | str | int | None = None, cpus_per_actor: float = 1.0,
                          gpus_per_actor: float | None = None, threads: int | None = None, device: str | None = None,
+                         backend: str = "auto", precision: str = "float32",
                          progress: Progress | None = None, quiet: bool = False) -> FeaturesSummary:
     """The feature vector of each of ``paths`` into the Parquet folder ``out`` (a local folder
     or a URI such as ``s3://bucket/feats/``), on Ray Data; resumable. Same rows, errors and metadata
@@ -362,7 +373,8 @@ def extract_features_ray(model, paths: Sequence[str], out: str | os.PathLike, *,
     or one per CPU leaving 1 CPU in 8, at least one, to decoding). ``cpus_per_actor`` /
     ``gpus_per_actor``: what each actor reserves (GPUs default: 1 where the cluster has GPUs, else
     0); ``threads``: PyTorch threads per actor (default: its CPUs); ``device``: default ``cuda``
-    for actors with GPUs, else ``cpu``. ``address``: the Ray cluster (default ``RAY_ADDRESS``, else a local Ray; an
+    for actors with GPUs, else ``cpu``. ``backend``, ``precision``: how each actor runs the model
+    (as in ``extract_features``). ``address``: the Ray cluster (default ``RAY_ADDRESS``, else a local Ray; an
     already connected process uses its connection). Other options as in ``extract_features``;
     ``chunk_size``: rows per Parquet part. Returns a
     :class:`~pnasnet.tasks.extract.FeaturesSummary` whose ``files`` are the parts.
@@ -374,7 +386,7 @@ def extract_features_ray(model, paths: Sequence[str], out: str | os.PathLike, *,
     size = model_image_size(model, image_size)
     info = RunInfo(model=model_name or model.config.name, weights=weights or "not recorded",
                    parameters_sha256=parameters_sha256(model), transform=transform, image_size=size,
-                   num_features=model.num_features, pnasnet_version=__version__)
+                   num_features=model.num_features, pnasnet_version=__version__, precision=precision)
     output = ParquetFolderOutput(out)
     output.open_for_run(info, overwrite=overwrite)
     try:
@@ -385,7 +397,8 @@ def extract_features_ray(model, paths: Sequence[str], out: str | os.PathLike, *,
             progress.start(len(paths), len(paths) - len(pending))
         if pending:
             with ray_session(address, quiet=quiet) as ray:
-                plan = _plan(ray, PoolSize.parse(concurrency), cpus_per_actor, gpus_per_actor, threads, device)
+                plan = _plan(ray, PoolSize.parse(concurrency), cpus_per_actor, gpus_per_actor, threads, device,
+                             backend, precision)
                 with _data_context(ray, preserve_order=False):
                     model_ref = ray.put(_cpu_model(model))
                     rows = _pipeline(ray, model_ref, pending, "features", size=size, transform=transform,
@@ -430,8 +443,8 @@ def classify_paths_ray(model, paths: Sequence[str], *, top_k: int = 5, labels: S
                        batch_size: int = DEFAULT_BATCH_SIZE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                        address: str | None = None, concurrency: PoolSize | str | int | None = None,
                        cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None, threads: int | None = None,
-                       device: str | None = None, progress: Progress | None = None,
-                       quiet: bool = False) -> Iterator[Classification]:
+                       device: str | None = None, backend: str = "auto", precision: str = "float32",
+                       progress: Progress | None = None, quiet: bool = False) -> Iterator[Classification]:
     """Top-``top_k`` classes of each image on Ray Data, lazily and in input order, one result per
     path, as :func:`pnasnet.tasks.classify_paths` gives them (probabilities a float64 softmax over
     all classes). Ray options as in :func:`extract_features_ray`."""
@@ -448,18 +461,20 @@ def classify_paths_ray(model, paths: Sequence[str], *, top_k: int = 5, labels: S
     return _classifications(model, paths, names, top_k, size=size, transform=transform, batch_size=batch_size,
                             max_pixels=max_pixels, address=address, concurrency=concurrency,
                             cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, threads=threads,
-                            device=device, progress=progress, quiet=quiet)
+                            device=device, backend=backend, precision=precision, progress=progress, quiet=quiet)
 
 
 def _classifications(model, paths, names, top_k, *, size, transform, batch_size, max_pixels, address, concurrency,
-                     cpus_per_actor, gpus_per_actor, threads, device, progress, quiet) -> Iterator[Classification]:
+                     cpus_per_actor, gpus_per_actor, threads, device, backend, precision, progress,
+                     quiet) -> Iterator[Classification]:
     if progress is not None:
         progress.start(len(paths), 0)
     try:
         if not paths:
             return
         with ray_session(address, quiet=quiet) as ray:
-            plan = _plan(ray, PoolSize.parse(concurrency), cpus_per_actor, gpus_per_actor, threads, device)
+            plan = _plan(ray, PoolSize.parse(concurrency), cpus_per_actor, gpus_per_actor, threads, device,
+                         backend, precision)
             with _data_context(ray, preserve_order=True):
                 model_ref = ray.put(_cpu_model(model))
                 rows = _pipeline(ray, model_ref, paths, "classify", size=size, transform=transform,

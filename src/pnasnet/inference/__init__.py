@@ -15,8 +15,9 @@ convolutions, channels-last); ``export_onnx`` writes the ONNX graph. Optional pa
 OpenVINO, onnx/onnxscript) are imported only by the back ends that need them.
 """
 
-from .backends import (BACKENDS, PRECISIONS, InferenceModel, available_backends, backend_unavailable,
-                       cpu_has_bf16, keep_freed_memory, optimize)
+from .backends import (BACKEND_CHOICES, BACKENDS, PRECISIONS, InferenceModel, auto_backend, available_backends,
+                       backend_unavailable, check_backend_choice, cpu_has_bf16, for_inference, keep_freed_memory,
+                       optimize)
 from .fold import fold_batch_norms, fold_conv_bn, to_channels_last
 
 
@@ -27,5 +28,5 @@ def export_onnx(*args, **kwargs):
     return _export_onnx(*args, **kwargs)
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "InferenceModel", "available_backends", "backend_unavailable",
+__all__ = ["BACKEND_CHOICES", "BACKENDS", "auto_backend", "check_backend_choice", "for_inference", "PRECISIONS", "InferenceModel", "available_backends", "backend_unavailable",
            "cpu_has_bf16", "export_onnx", "keep_freed_memory", "fold_batch_norms", "fold_conv_bn", "optimize", "to_channels_last"]

@@ -41,6 +41,9 @@ from .fold import fold_batch_norms, to_channels_last
 from .fused import FusedForward, plain_body
 
 BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+# What the classify / features / serve commands and tasks accept: "auto" picks the fastest exact path
+# for the model's device, "plain" runs the model as it is (the training form, in eval mode).
+BACKEND_CHOICES = ("auto", "plain") + BACKENDS
 PRECISIONS = ("float32", "bfloat16")
 _SUPPORTED = {"eager": PRECISIONS, "compile": PRECISIONS, "onnxruntime": ("float32",),
               "openvino": PRECISIONS}
@@ -161,10 +164,10 @@ class InferenceModel(nn.Module):
 class EagerModel(InferenceModel):
     backend = "eager"
 
-    def __init__(self, model: PNASNet, precision: str = "float32", fused: bool = True):
+    def __init__(self, model: PNASNet, precision: str = "float32", fused: bool = True, in_place: bool = False):
         super().__init__(model, None)
         self.precision = precision
-        net = fold_batch_norms(model, channels_last=True)
+        net = fold_batch_norms(model, channels_last=True, in_place=in_place)
         if precision == "bfloat16":
             # The cells in bfloat16; the input scaling, the stem convolution (0.3% of the work) and
             # the final layer stay float32, and the pooling accumulates in float32.
@@ -175,8 +178,8 @@ class EagerModel(InferenceModel):
         net.check_input_range = model.check_input_range
         self.net = net
         device = next(net.parameters()).device
-        self.runner = FusedForward(net, use_mkldnn=None if device.type == "cpu" else False) if fused else None
-        self._released = False
+        self.runner = (FusedForward(net, use_mkldnn=None if device.type == "cpu" else False, release_when_packed=True)
+                       if fused else None)
 
     @property
     def device(self) -> torch.device:
@@ -193,10 +196,6 @@ class EagerModel(InferenceModel):
         with torch.inference_mode():
             pooled = self.pooled(images).float()
             logits = self.net.final_layer(pooled) if want_logits else None
-        if self.runner is not None and not self._released:
-            # The first pass packed the weights into oneDNN's layouts: keep only those.
-            self.runner.release_dense_weights()
-            self._released = True
         return pooled, logits
 
 
@@ -208,8 +207,8 @@ class CompiledModel(EagerModel):
     backend = "compile"
 
     def __init__(self, model: PNASNet, precision: str = "float32", fused: bool = False,
-                 mode: str | None = None):
-        super().__init__(model, precision, fused=fused)
+                 mode: str | None = None, in_place: bool = False):
+        super().__init__(model, precision, fused=fused, in_place=in_place)
         runner, net = self.runner, self.net
 
         def body(x: torch.Tensor) -> torch.Tensor:
@@ -322,7 +321,7 @@ class OpenVINOModel(_GraphModel):
 # --------------------------------------------------------------------------------------- the option
 def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32", *,
              image_size: int | None = None, threads: int | None = None,
-             onnx_path: str | os.PathLike | None = None) -> InferenceModel:
+             onnx_path: str | os.PathLike | None = None, in_place: bool = False) -> InferenceModel:
     """The fast inference form of ``model`` on ``backend`` at ``precision``.
 
     Args:
@@ -337,6 +336,8 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
             and compile use ``torch.set_num_threads``.
         onnx_path: where onnxruntime / openvino keep the exported graph (reused if it exists; a
             temporary file by default). It must have been exported from the same weights and size.
+        in_place: eager / compile only: turn ``model`` itself into the inference form instead of a
+            copy, so the weights are never held twice; ``model`` cannot be used on its own afterwards.
     """
     if not isinstance(model, PNASNet):
         raise TypeError(f"expected a PNASNet (pnasnet.create_model), got {type(model).__name__}")
@@ -357,9 +358,58 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
     if backend in ("onnxruntime", "openvino") and next(model.parameters()).device.type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU: move the model to the CPU first")
     if backend == "eager":
-        return EagerModel(model, precision)
+        return EagerModel(model, precision, in_place=in_place)
     if backend == "compile":
-        return CompiledModel(model, precision)
+        return CompiledModel(model, precision, in_place=in_place)
     if backend == "onnxruntime":
         return OnnxRuntimeModel(model, image_size, threads, onnx_path)
     return OpenVINOModel(model, image_size, precision, threads, onnx_path)
+
+
+def auto_backend(model: nn.Module) -> str:
+    """The default back end of the batch commands and the server: ``eager`` (the exact inference
+    form, about twice the plain model's speed, no extra package) on the CPU; ``plain`` on other
+    devices, where the inference form has not been measured. (``openvino`` is a little faster still
+    at batch 1 but needs its package and a fixed image size, so it is chosen explicitly.)"""
+    device = next(model.parameters()).device
+    return "eager" if device.type == "cpu" else "plain"
+
+
+def check_backend_choice(backend: str, precision: str = "float32") -> None:
+    """Raise ValueError (unknown name, unsupported pair) or ImportError (package missing) now, before
+    a long job starts, for what :func:`for_inference` would be asked."""
+    if backend not in BACKEND_CHOICES:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if backend == "plain" and precision != "float32":
+        raise ValueError("the plain model runs in float32 only; bfloat16 needs backend "
+                         f"{', '.join(b for b in BACKENDS if 'bfloat16' in _SUPPORTED[b])} (or auto)")
+    if backend in _SUPPORTED and precision not in _SUPPORTED[backend]:
+        raise ValueError(f"backend {backend!r} supports precision {', '.join(_SUPPORTED[backend])} only")
+    reason = backend_unavailable(backend) if backend in BACKENDS else None
+    if reason:
+        raise ImportError(reason)
+
+
+def for_inference(model: nn.Module, backend: str = "auto", precision: str = "float32", *,
+                  image_size: int | None = None, threads: int | None = None,
+                  in_place: bool = False) -> nn.Module:
+    """``model`` ready to run inference on ``backend`` (one of :data:`BACKEND_CHOICES`): the model
+    itself for "plain" (and for an already optimized model), else :func:`optimize`. This is what
+    ``classify_paths``, ``extract_features`` and ``pnasnet serve`` call with their ``backend`` option.
+    """
+    if isinstance(model, InferenceModel):
+        return model
+    check_backend_choice(backend, precision)
+    if backend == "auto":  # asking for bfloat16 is the explicit choice of the reduced-precision path
+        backend = auto_backend(model) if precision == "float32" else "eager"
+    if backend == "plain":
+        return model
+    was_training = model.training
+    model.eval()  # the inference form takes the running statistics, as eval mode does
+    try:
+        return optimize(model, backend, precision, image_size=image_size, threads=threads, in_place=in_place)
+    finally:
+        if was_training and not in_place:
+            model.train()

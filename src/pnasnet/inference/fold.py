@@ -9,7 +9,7 @@ map goes into the convolution: ``W' = W * s`` per output channel and ``b' = (b -
 norm module becomes ``nn.Identity``. The result differs from the plain model by float rounding only
 (about 1e-6 relative) and skips one pass over every activation.
 
-The conversion works on a deep copy: the training form stays as it is. The folded model is a
+The conversion works on a deep copy (the training form stays as it is) unless asked to convert in place. The folded model is a
 ``PNASNet`` still (``classify``, ``features``, ``forward_endpoints``), fixed in eval mode.
 """
 
@@ -90,10 +90,14 @@ def _no_train(self, mode: bool = True):
     return nn.Module.train(self, False)
 
 
-def fold_batch_norms(model: PNASNet, *, channels_last: bool = True) -> PNASNet:
+def fold_batch_norms(model: PNASNet, *, channels_last: bool = True, in_place: bool = False) -> PNASNet:
     """The inference form of ``model``: a deep copy with every batch norm folded into the conv before
     it (float64, then cast), the batch norms replaced by ``nn.Identity``, eval mode, no gradients, and
     (by default) channels-last weights so that channels-last activations flow through.
+
+    ``in_place=True`` converts ``model`` itself instead of a copy, so the weights are never held
+    twice (the command line does this: it has no use for the training form). ``model`` is then the
+    inference form and cannot train.
 
     Inputs may be given in any memory format; ``classify`` / ``features`` of the result convert
     them with ``to_channels_last`` first only if you do (see ``pnasnet.inference.optimize``, which does).
@@ -102,7 +106,7 @@ def fold_batch_norms(model: PNASNet, *, channels_last: bool = True) -> PNASNet:
         raise TypeError(f"expected a PNASNet, got {type(model).__name__}")
     if getattr(model, "is_folded", False):
         return model
-    folded = copy.deepcopy(model)
+    folded = model if in_place else copy.deepcopy(model)
     folded.eval()
     pairs = list(_fold_pairs(folded))
     for conv, bn, channels, owner, attr in pairs:

@@ -57,12 +57,16 @@ class _Conv:
 class FusedForward:
     """Runs the eval-mode function of a folded PNASNet with shared ReLUs and fused post-ops."""
 
-    def __init__(self, net: PNASNet, use_mkldnn: bool | None = None, prepack: bool = True):
+    def __init__(self, net: PNASNet, use_mkldnn: bool | None = None, prepack: bool = True,
+                 release_when_packed: bool = False):
         if not getattr(net, "is_folded", False):
             raise ValueError("FusedForward needs the inference form: pnasnet.inference.fold_batch_norms(model)")
         self.net = net
         self.fused = _has_fused_ops() if use_mkldnn is None else use_mkldnn
         self.prepack = prepack
+        # Drop each plain weight as soon as its packed copy exists, so the weights are never held
+        # twice, not even during the first pass (the network's own forward cannot run afterwards).
+        self.release_when_packed = release_when_packed
         self.conv0 = _Conv(net.conv0)
         self.dtype = net._modules[net.cell_names[0]].conv_1x1.weight.dtype
         self.cells = [self._plan_cell(net._modules[name]) for name in net.cell_names]
@@ -107,6 +111,8 @@ class FusedForward:
                 if self.prepack:
                     weight = c.packed = torch.ops.mkldnn._reorder_convolution_weight(
                         c.weight, pad, stride, [1, 1], c.groups, list(x.shape))
+                    if self.release_when_packed:
+                        self._release(c)
                 else:
                     weight = c.weight
             if add is not None and add.shape[0] == x.shape[0]:
@@ -224,13 +230,14 @@ class FusedForward:
         """After a forward pass has packed the weights (oneDNN's blocked layouts), drop the plain
         copies from the network so the weights are held once; returns the bytes freed. The
         network's own forward cannot run afterwards (this runner still can, at any size)."""
-        freed = 0
-        for c in self._all_convs():
-            if c.packed is not None and c.weight is not None and c.weight.numel():
-                freed += c.weight.numel() * c.weight.element_size()
-                c.weight.data = torch.empty(0, dtype=c.weight.dtype)
-        if freed:
-            self.net.dense_weights_released = True
+        return sum(self._release(c) for c in self._all_convs() if c.packed is not None)
+
+    def _release(self, c: _Conv) -> int:
+        if c.weight is None or not c.weight.numel():
+            return 0
+        freed = c.weight.numel() * c.weight.element_size()
+        c.weight.data = torch.empty(0, dtype=c.weight.dtype)
+        self.net.dense_weights_released = True
         return freed
 
     def _all_convs(self):

@@ -35,7 +35,7 @@ from .http_inputs import RequestRefused, parse_top_k, read_images
 from .http_outputs import ERROR_STATUS, ClassifyResponse, FeaturesResponse, openapi_extra, result_body
 from .metrics import RequestMetricsMiddleware, ServerMetrics
 from .predictor import CLASSIFY, FEATURES, INFO, PredictRequest, PredictResult, Predictor
-from .settings import ServeSettings, load_model
+from .settings import ServeSettings, load_model, prepare_served_model
 from .shutdown import signals_start_shutdown, worker_waits_for_http_drain
 
 logger = logging.getLogger("pnasnet.serve")
@@ -197,7 +197,7 @@ class PnasnetLitAPI(ls.LitAPI):
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         started = time.perf_counter()
-        model = load_model(self.settings).to(device)
+        model = prepare_served_model(load_model(self.settings).to(device), self.settings)
         self.predictor = Predictor(model, image_size=self.settings.image_size, transform=self.settings.transform,
                                    max_pixels=self.settings.max_pixels,
                                    max_images_per_call=self.settings.max_batch_size,

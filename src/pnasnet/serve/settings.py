@@ -23,6 +23,8 @@ class ServeSettings:
     transform: str = "tf-slim"          # "tf-slim" (published accuracy) or "resize"
     device: str = "auto"                # "auto", "cpu" or "cuda"
     threads: int | None = None          # torch CPU threads in the worker; None = PyTorch's default
+    backend: str = "auto"               # how the worker runs the model (pnasnet.inference.for_inference)
+    precision: str = "float32"          # "bfloat16": the reduced-precision path, explicitly
     workers: int = 1                    # inference worker processes (each holds a copy of the model)
     decode_threads: int = 2             # image-decoding threads inside each worker
     # --- network
@@ -63,6 +65,12 @@ class ServeSettings:
             raise ValueError(f"--transform must be tf-slim or resize, got {self.transform!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
+        from ..inference import check_backend_choice
+
+        try:
+            check_backend_choice(self.backend, self.precision)
+        except (ValueError, ImportError) as exc:
+            raise ValueError(f"--backend {self.backend} --precision {self.precision}: {exc}") from None
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be within 1..65535, got {self.port}")
 
@@ -73,7 +81,8 @@ class ServeSettings:
 
 
 def load_model(settings: ServeSettings):
-    """The model the settings name, in eval mode on the CPU (the caller moves it)."""
+    """The model the settings name, in eval mode on the CPU (the caller moves it and prepares it
+    with :func:`prepare_served_model`)."""
     import torch
 
     from ..api import create_model
@@ -81,3 +90,12 @@ def load_model(settings: ServeSettings):
     if settings.weights is None:
         torch.manual_seed(settings.seed)  # random weights, reproducible (as `pnasnet classify` does)
     return create_model(settings.model, weights=settings.weights, progress=False)
+
+
+def prepare_served_model(model, settings: ServeSettings):
+    """``model`` (already on its device) on the settings' back end and precision, converted in place:
+    a worker has no use for the training form, and holds the weights once."""
+    from ..inference import for_inference
+
+    size = settings.image_size or model.expected_image_size[0]
+    return for_inference(model, settings.backend, settings.precision, image_size=size, in_place=True)

@@ -22,7 +22,7 @@ from ..model import PNASNet
 from .batches import TRANSFORMS
 from .chunks import ChunkFolder
 from .formats import FeaturesOutput, output_for
-from .inference import DEFAULT_BATCH_SIZE, feature_blocks, model_image_size
+from .inference import DEFAULT_BATCH_SIZE, feature_blocks, model_image_size, prepare_model
 from .progress import Progress
 from .rows import RowBlock
 from .run_info import RunInfo, parameters_sha256
@@ -110,7 +110,8 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
                      image_size: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                      workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                      overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                     flush_seconds: float = DEFAULT_FLUSH_SECONDS,
+                     flush_seconds: float = DEFAULT_FLUSH_SECONDS, backend: str = "auto",
+                     precision: str = "float32", in_place: bool = False,
                      progress: Progress | None = None) -> FeaturesSummary:
     """Write the feature vector of each of ``paths`` to ``out`` (``.parquet`` or ``.npy``; see
     :mod:`pnasnet.tasks.formats`), resuming an interrupted run of the same model, weights and
@@ -121,8 +122,15 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
     name, "not recorded"); the parameters themselves are identified by their SHA-256.
     ``chunk_size``, ``flush_seconds``: a chunk is saved every ``chunk_size`` images or
     ``flush_seconds`` seconds, whichever comes first; that bounds the work a kill can lose.
+    ``backend``, ``precision``, ``in_place``: how the model runs (default the exact fast path; see
+    :func:`~pnasnet.tasks.inference.prepare_model`); a run resumes only at the same precision.
     Other options as in :func:`~pnasnet.tasks.inference.run_model`.
     """
+    from ..inference import InferenceModel
+
+    if isinstance(model, InferenceModel):
+        raise TypeError("extract_features takes the model itself (pnasnet.create_model), not an optimized one: "
+                        "pass backend=/precision= instead, so the output can record the weights' SHA-256")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if transform not in TRANSFORMS:  # before anything is recorded under this name
@@ -134,7 +142,7 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
     size = model_image_size(model, image_size)
     info = RunInfo(model=model_name or model.config.name, weights=weights or "not recorded",
                    parameters_sha256=parameters_sha256(model), transform=transform, image_size=size,
-                   num_features=model.num_features, pnasnet_version=__version__)
+                   num_features=model.num_features, pnasnet_version=__version__, precision=precision)
     output.path.parent.mkdir(parents=True, exist_ok=True)
     wanted = set(paths)
     with ChunkFolder.open(output.work_dir) as folder:
@@ -149,7 +157,8 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
         latest = _latest_rows(previous, folder, wanted)
         pending = [p for p in paths if latest.get(p, (None, "missing"))[1] is not None]
 
-        blocks = feature_blocks(model, pending, image_size=size, batch_size=batch_size, workers=workers,
+        runnable = prepare_model(model, backend, precision, image_size=size, in_place=in_place) if pending else model
+        blocks = feature_blocks(runnable, pending, backend="plain", image_size=size, batch_size=batch_size, workers=workers,
                                 transform=transform, max_pixels=max_pixels, progress=progress,
                                 already_done=len(paths) - len(pending))
         try:

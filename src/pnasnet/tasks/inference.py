@@ -20,7 +20,7 @@ from .progress import Progress
 from .rows import RowBlock
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Classification", "ImageFeatures", "classify_paths", "feature_blocks",
-           "iter_features", "model_image_size", "run_model"]
+           "iter_features", "model_image_size", "prepare_model", "run_model"]
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -52,7 +52,20 @@ def model_image_size(model: PNASNet, image_size: int | None) -> int:
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    device = getattr(model, "device", None)  # an optimized model (pnasnet.inference) says where it runs
+    return device if isinstance(device, torch.device) else next(model.parameters()).device
+
+
+def prepare_model(model: torch.nn.Module, backend: str = "auto", precision: str = "float32", *,
+                  image_size: int | None = None, in_place: bool = False) -> torch.nn.Module:
+    """The model the batch tasks run: ``model`` on ``backend`` at ``precision`` (see
+    :func:`pnasnet.inference.for_inference`; "auto" is the exact inference form on the CPU).
+    ``in_place``: convert ``model`` itself rather than a copy (saves a copy of the weights; the
+    model is then the inference form only)."""
+    from ..inference import for_inference
+
+    size = model_image_size(model, image_size)
+    return for_inference(model, backend, precision, image_size=size, in_place=in_place)
 
 
 def run_model(model: PNASNet, paths: Sequence[str], compute: Callable[[torch.Tensor], torch.Tensor], *,
@@ -91,12 +104,14 @@ def run_model(model: PNASNet, paths: Sequence[str], compute: Callable[[torch.Ten
 
 
 def classify_paths(model: PNASNet, paths: Sequence[str], *, top_k: int = 5, labels: Sequence[str] | None = None,
+                   backend: str = "auto", precision: str = "float32", in_place: bool = False,
                    **options) -> Iterator[Classification]:
     """Top-``top_k`` classes of each image, lazily, in input order (one result per path).
 
     ``labels`` default to the ImageNet names for 1001/1000 classes and to the class numbers for
-    other heads. ``options``: ``image_size``, ``batch_size``, ``workers``, ``transform``,
-    ``max_pixels``, ``progress``, as in :func:`run_model`.
+    other heads. ``backend``, ``precision``, ``in_place``: how the model runs (:func:`prepare_model`;
+    default the exact fast path). ``options``: ``image_size``, ``batch_size``, ``workers``,
+    ``transform``, ``max_pixels``, ``progress``, as in :func:`run_model`.
     """
     if model.num_classes == 0:  # checked now, not when the first result is asked for
         raise ValueError(f"{model.config.name} feature-vector models have no classifier; use features")
@@ -104,7 +119,8 @@ def classify_paths(model: PNASNet, paths: Sequence[str], *, top_k: int = 5, labe
         labels = getattr(model, "labels", None)  # a model directory's labels.txt
     if labels is None and model.num_classes not in (1000, 1001):
         labels = [str(i) for i in range(model.num_classes)]
-    return _classifications(run_model(model, paths, model.classify, **options), top_k, labels)
+    runnable = prepare_model(model, backend, precision, image_size=options.get("image_size"), in_place=in_place)
+    return _classifications(run_model(runnable, paths, runnable.classify, **options), top_k, labels)
 
 
 def _classifications(outputs, top_k: int, labels: Sequence[str] | None) -> Iterator[Classification]:
@@ -114,9 +130,11 @@ def _classifications(outputs, top_k: int, labels: Sequence[str] | None) -> Itera
             yield Classification(path, [], error) if error else Classification(path, next(decoded))
 
 
-def feature_blocks(model: PNASNet, paths: Sequence[str], **options) -> Iterator[RowBlock]:
-    """Feature vectors per batch as :class:`~pnasnet.tasks.rows.RowBlock` (options as in
-    :func:`run_model`)."""
+def feature_blocks(model: PNASNet, paths: Sequence[str], *, backend: str = "auto", precision: str = "float32",
+                   in_place: bool = False, **options) -> Iterator[RowBlock]:
+    """Feature vectors per batch as :class:`~pnasnet.tasks.rows.RowBlock` (``backend``,
+    ``precision``, ``in_place`` as in :func:`classify_paths`, other options as in :func:`run_model`)."""
+    model = prepare_model(model, backend, precision, image_size=options.get("image_size"), in_place=in_place)
     for batch, vectors in run_model(model, paths, model.features, **options):
         features = vectors.numpy() if len(vectors) else np.empty((0, model.num_features), np.float32)
         yield RowBlock(batch.paths, batch.errors, features)
@@ -124,7 +142,7 @@ def feature_blocks(model: PNASNet, paths: Sequence[str], **options) -> Iterator[
 
 def iter_features(model: PNASNet, paths: Sequence[str], **options) -> Iterator[ImageFeatures]:
     """The feature vector of each image, lazily, in input order (one result per path); options as
-    in :func:`run_model`. To write them to a file, resumably, use :func:`extract_features`."""
+    in :func:`feature_blocks`. To write them to a file, resumably, use :func:`extract_features`."""
     for block in feature_blocks(model, paths, **options):
         good = iter(block.features)
         for path, error in zip(block.paths, block.errors):

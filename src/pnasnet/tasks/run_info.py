@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -44,8 +44,12 @@ class RunInfo:
     image_size: int
     num_features: int
     pnasnet_version: str
+    # bfloat16 vectors differ from float32 ones by ~1e-2 relative: never mixed in one output. The
+    # float32 back ends agree to ~1e-6, so which of them ran is not part of the identity. Outputs
+    # written before this field existed were float32.
+    precision: str = "float32"
 
-    IDENTITY = ("model", "parameters_sha256", "transform", "image_size", "num_features")
+    IDENTITY = ("model", "parameters_sha256", "transform", "image_size", "num_features", "precision")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -54,7 +58,7 @@ class RunInfo:
     def from_json(cls, text: str | bytes) -> "RunInfo":
         data = json.loads(text)
         names = {f.name for f in fields(cls)}
-        missing = names - set(data)
+        missing = {f.name for f in fields(cls) if f.default is MISSING} - set(data)
         if missing:
             raise ValueError(f"run metadata lacks {sorted(missing)}")
         return cls(**{k: v for k, v in data.items() if k in names})
