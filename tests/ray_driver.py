@@ -14,5 +14,6 @@ if __name__ == "__main__":
     model = slow_copy(pnasnet.create_model("auto", weights=weights), float(delay))
     print("started", flush=True)
     extract_features_ray(model, expand_sources([src]), dest, model_name="auto", weights=weights, image_size=64,
-                         batch_size=2, chunk_size=2, address=address, concurrency=1, quiet=True)
+                         batch_size=2, chunk_size=2, address=address, concurrency=1, quiet=True,
+                         backend="plain")  # the slowed-down model itself, not its inference form
     print("finished", flush=True)

@@ -106,6 +106,8 @@ def test_classify_csv_and_table(capsys, photo_dir, model, tmp_path):
     ["classify", "{photos}", *SMALL, "--top-k", "0"],
     ["classify", "{photos}", "--model", "pnasnet5_mobile_feature_vector", "--workers", "0"],
     ["features", "{photos}", *SMALL, "--out", "{tmp}/feats.csv"],  # unknown output format
+    ["features", "{photos}", *SMALL, "--out", "{tmp}/f.npy", "--backend", "plain", "--precision", "bfloat16"],
+    ["classify", "{photos}", *SMALL, "--backend", "onnxruntime", "--precision", "bfloat16"],
 ])
 def test_usage_errors_exit_2(capsys, tmp_path, photo_dir, args):
     (tmp_path / "empty").mkdir()
@@ -128,7 +130,8 @@ def test_features_cli_equals_api_and_reports_every_bad_file(capsys, tmp_path, mo
     assert f"{len(good)} of {len(good) + len(bad)} vectors" in err
     rows, meta = read_output(out)
     assert meta["weights"] == "random initialisation (seed 0)" and meta["model"] == "pnasnet5_mobile"
-    api = {r.path: r for r in iter_features(model, [str(p) for p in good], image_size=64, batch_size=4, workers=0)}
+    api = {r.path: r for r in iter_features(model, [str(p) for p in good], image_size=64, batch_size=4, workers=0,
+                                            backend="plain")}  # the CLI runs the inference form
     for path in good:
         assert_same_vectors(rows[str(path)][0], api[str(path)].vector)
     assert {p for p, (v, e) in rows.items() if e} == {str(p) for p in bad}

@@ -190,7 +190,8 @@ def test_killed_actor_is_replaced_and_its_batch_retried(photos, model, reference
         try:
             result["summary"] = extract_features_ray(
                 slow, expand_inputs([photos]), dest, model_name="auto", weights=WEIGHTS, image_size=64,
-                batch_size=2, chunk_size=2, concurrency=1, quiet=True)
+                batch_size=2, chunk_size=2, concurrency=1, quiet=True,
+                backend="plain")  # the slowed-down model itself, not its inference form
         except BaseException as error:  # noqa: BLE001 - reported by the assertion below
             result["error"] = error
 

@@ -51,9 +51,10 @@ def images(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def expected(images):
-    """The library's answers for ``images``: top-5 lists and feature vectors by path."""
+    """The library's answers for ``images`` from the plain model (the server runs the inference
+    form): top-5 lists and feature vectors by path."""
     model = pnasnet.create_model("auto", weights=TINY_CHECKPOINT)
-    options = dict(image_size=SIZE, workers=0, batch_size=4)
+    options = dict(image_size=SIZE, workers=0, batch_size=4, backend="plain")
     top = {c.path: c.top_k for c in classify_paths(model, [str(p) for p in images], top_k=5, **options)}
     vectors = {f.path: f.vector for f in iter_features(model, [str(p) for p in images], **options)}
     return top, vectors
@@ -72,6 +73,7 @@ def test_health_readiness_and_model_description(server):
     info = httpx.get(server.url + "/v1/model", headers=AUTH).json()
     assert (info["image_size"], info["num_classes"], info["num_features"]) == (SIZE, 11, 200)
     assert info["transform"] == "tf-slim"
+    assert (info["backend"], info["precision"]) == ("eager", "float32")  # the exact fast path by default
 
 
 def test_classify_and_features_equal_the_library(client, images, expected):

@@ -26,6 +26,7 @@ def test_help_lists_the_limits(capsys):
     (["--max-wait-ms", "5000", "--timeout", "1"], "--max-wait-ms must be shorter than --timeout"),
     (["--max-queue", "-1"], "--max-queue must be positive"),
     (["--model", "no_such_model", "--weights", "missing.ckpt"], "missing.ckpt"),
+    (["--backend", "plain", "--precision", "bfloat16"], "--backend plain --precision bfloat16: the plain model runs"),
 ])
 def test_bad_options_exit_2_before_starting(capsys, args, words):
     assert main(["serve", *args]) == 2

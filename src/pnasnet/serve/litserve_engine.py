@@ -203,7 +203,9 @@ class PnasnetLitAPI(ls.LitAPI):
                                    max_images_per_call=self.settings.max_batch_size,
                                    decode_threads=self.settings.decode_threads,
                                    description={"model": self.settings.model,
-                                                "weights": self.settings.describe_weights()})
+                                                "weights": self.settings.describe_weights(),
+                                                "backend": getattr(model, "backend", "plain"),
+                                                "precision": getattr(model, "precision", "float32")})
         info = self.predictor.info()
         print(f"pnasnet: worker {os.getpid()} loaded {self.settings.model} ({info['weights']}) on {device} in "
               f"{time.perf_counter() - started:.1f} s: {info['image_size']} px, {info['num_classes']} classes, "
