@@ -13,7 +13,7 @@ from pnasnet.inference import fold_batch_norms, optimize, to_channels_last
 from pnasnet.inference.fold import InferenceOnlyError
 from pnasnet.inference.fused import FusedForward, _max_pool_3x3_s1
 from pnasnet.model import LARGE, MOBILE, PNASNet
-from tf_slim_fixtures import build_fixture_model, fixture_arrays, images_nchw, image_sizes
+from tf_slim_fixtures import fixture_arrays, images_nchw, image_sizes
 
 FIXTURE_CKPT = "tests/fixtures/tf_slim/{}/model.ckpt"
 TOLERANCE = 1e-5  # relative to the largest magnitude; the fold rounds once in float64 -> float32

@@ -301,3 +301,31 @@ def test_tf1_hub_modules_load_as_tarball_and_folder(tmp_path, monkeypatch):
         np.testing.assert_allclose(features_only(x).numpy(), arrays["eval_global_pool_48"], rtol=0, atol=1e-4 * 5)
     with pytest.raises(ValueError, match="no final layer"):
         pnasnet.create_model("pnasnet5_mobile", weights=HUB / "mobile_tiny_feature_vector.tar.gz")
+
+
+def test_loading_skips_random_init_yet_sets_every_value(tmp_path):
+    """create_model with weights does not spend time on a random initialisation it overwrites; every
+    parameter and buffer still ends up set: from the file, or (an aux head the file lacks) freshly
+    initialised, and random initialisation works again afterwards."""
+    torch.manual_seed(3)
+    source = PNASNet(pnasnet_config("large_tiny"), num_classes=11).eval()
+    for bn in source.batch_norms():  # statistics a fresh model would not have
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    path = tmp_path / "m.safetensors"
+    save_safetensors(source, path, {})
+    want = source.state_dict()
+    loaded = pnasnet.create_model("auto", weights=path)
+    assert set(loaded.state_dict()) == set(want)
+    for key, value in loaded.state_dict().items():
+        assert torch.equal(value, want[key]), key
+    with_aux = pnasnet.create_model("auto", weights=path, aux_head=True)
+    assert with_aux.weights_report.left_initialised
+    for key, value in with_aux.state_dict().items():
+        if key in want:
+            assert torch.equal(value, want[key]), key
+        elif value.is_floating_point() and key.endswith("weight") and value.dim() > 1:
+            # He initialisation: finite, spread out, around zero
+            assert torch.isfinite(value).all() and 0 < value.std() < 1 and abs(value.mean()) < 0.05, key
+    fresh = PNASNet(pnasnet_config("large_tiny"), num_classes=11)
+    assert all(p.std() > 0 for n, p in fresh.named_parameters() if n.endswith("weight") and p.dim() > 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,10 +107,39 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
         else:
             config = VARIANTS[name].config
             classes = _classes_for(VARIANTS[name], source.num_classes, num_classes, str(path))
-        model = PNASNet(config, num_classes=classes, **options)
-        model.weights_report = load_from_source(model, source, prefer_moving_averages=prefer_moving_averages)
+        # Random initialisation of Large takes ~0.8 s and every value is overwritten: skipped, unless
+        # the source lacks a part the model has (an aux head), which then gets its initial values.
+        with skipping_random_init():
+            model = PNASNet(config, num_classes=classes, **options)
+        report = load_from_source(model, source, prefer_moving_averages=prefer_moving_averages)
+        if report.left_initialised:
+            model = PNASNet(config, num_classes=classes, **options)
+            report = load_from_source(model, source, prefer_moving_averages=prefer_moving_averages)
+        model.weights_report = report
         model.weights_source = {"weights": str(weights), "path": str(path), "kind": source.kind}
     return model.eval()
+
+
+_RANDOM_INITS = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "zeros_", "ones_",
+                 "trunc_normal_", "xavier_uniform_", "constant_")
+
+
+@contextlib.contextmanager
+def skipping_random_init():
+    """Modules built inside keep their freshly allocated (uninitialised) parameters: the
+    ``torch.nn.init`` functions do nothing. Only for models whose every parameter is loaded next
+    (:func:`create_model` checks that with the load report). Buffers (batch-norm statistics) are
+    still set, as they do not go through ``torch.nn.init``."""
+    from torch.nn import init
+
+    saved = {name: getattr(init, name) for name in _RANDOM_INITS}
+    try:
+        for name in _RANDOM_INITS:
+            setattr(init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(init, name, function)
 
 
 # A model directory (what ``pnasnet train`` writes): the weights in this package's format, which

@@ -74,7 +74,7 @@ def _load_model(args: argparse.Namespace):
     import torch
 
     from .api import create_model
-    from .inference import check_backend_choice, keep_freed_memory
+    from .inference import check_backend_choice
 
     check_backend_choice(args.backend, args.precision)  # before the weights are loaded
     if args.threads:
@@ -91,9 +91,36 @@ def _load_model(args: argparse.Namespace):
         described = str(args.weights)
     model = create_model(args.model, weights=args.weights)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        keep_freed_memory()  # a batch run reuses the same activation sizes: no page faults per batch
     return model.to(device), described
+
+
+def _progress(args: argparse.Namespace):
+    """The progress display; on the CPU it also keeps freed memory for reuse once the first batch
+    is done (see ``pnasnet.inference.keep_freed_memory``): every batch has the same activation
+    sizes, so later batches reuse the first one's memory instead of faulting in ~1 GB of fresh
+    pages each (batch 8, Large). Not earlier: loading and converting the model allocate and free
+    blocks of every size, and a heap that never shrinks would keep their holes."""
+    from .tasks import TqdmProgress
+
+    class KeepMemoryAfterFirstBatch(TqdmProgress):
+        kept = False
+
+        def advance(self, paths, errors):
+            super().advance(paths, errors)
+            if not self.kept:
+                from .inference import keep_freed_memory
+
+                self.kept = True
+                keep_freed_memory()
+
+    on_cpu = (args.device or ("cuda" if _cuda_available() else "cpu")).startswith("cpu")
+    return (KeepMemoryAfterFirstBatch if on_cpu else TqdmProgress)(show_bar=not args.quiet)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _expand(args: argparse.Namespace) -> list[str]:
@@ -171,7 +198,7 @@ class _CsvLine:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from .tasks import TqdmProgress, classify_paths
+    from .tasks import classify_paths
 
     if args.engine == "ray":
         from .engines.cli import cmd_classify_ray
@@ -180,7 +207,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     paths = _expand(args)
     model, _ = _load_model(args)
-    progress = TqdmProgress(show_bar=not args.quiet)
+    progress = _progress(args)
     printer_class = _JsonLinesPrinter if args.json else _CsvPrinter if args.csv else _TablePrinter
     printer = printer_class(paths, progress.write)
     failed = 0
@@ -205,7 +232,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------- features
 def _cmd_features(args: argparse.Namespace) -> int:
-    from .tasks import TqdmProgress, extract_features
+    from .tasks import extract_features
 
     if args.engine == "ray":
         from .engines.cli import cmd_features_ray
@@ -216,7 +243,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
         summary = extract_features(
             model, paths, args.out, model_name=args.model, weights=described, overwrite=args.overwrite,
             chunk_size=args.chunk_size, backend=args.backend, precision=args.precision, in_place=True,
-            **_run_options(args, TqdmProgress(show_bar=not args.quiet)))
+            **_run_options(args, _progress(args)))
     except KeyboardInterrupt:
         print("pnasnet: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import Conv2dSame, MaxPool2dSame, SeparableConv2d, batch_norm, drop_path
+from .ops import MaxPool2dSame, SeparableConv2d, batch_norm, drop_path
 from .ops import subsample_even, subsample_odd_padded
 
 # (operation, input hidden state) for the left and right side of each of the five blocks.

@@ -141,7 +141,6 @@ def from_environment(requested_device: str | None = None) -> DistContext | None:
 
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-    rank = int(os.environ["RANK"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     wanted = torch.device(requested_device) if requested_device else None
     use_cuda = torch.cuda.is_available() and (wanted is None or wanted.type == "cuda")

@@ -12,7 +12,7 @@ import torch
 
 from ..api import VARIANTS, resolve_weights
 from ..model import PNASNet, PNASNetConfig
-from .formats import WeightsSource, open_weights
+from .formats import open_weights
 from .loading import load_from_source
 from .ours import save_safetensors
 from .tf_slim_names import load_tf_slim_variables

@@ -47,20 +47,23 @@ class WeightsSource:
 
     kind: str
     path: Path
-    variables: Any  # Mapping[str, array] or a TFCheckpoint (names/read/shape)
+    variables: Any  # Mapping[str, array] or a reader read one tensor at a time (names/read/shape/close)
     metadata: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def _is_reader(self) -> bool:
+        return hasattr(self.variables, "read")
+
     def names(self) -> list[str]:
-        return list(self.variables.names()) if isinstance(self.variables, TFCheckpoint) \
-            else list(self.variables.keys())
+        return list(self.variables.names()) if self._is_reader else list(self.variables.keys())
 
     def shape(self, name: str) -> tuple[int, ...]:
-        if isinstance(self.variables, TFCheckpoint):
+        if self._is_reader:
             return tuple(self.variables.shape(name))
         return tuple(np.shape(self.variables[name]))
 
     def read(self, name: str) -> np.ndarray:
-        if isinstance(self.variables, TFCheckpoint):
+        if self._is_reader:
             return self.variables.read(name)
         return np.asarray(self.variables[name])
 
@@ -109,7 +112,7 @@ class WeightsSource:
         return base
 
     def close(self) -> None:
-        if isinstance(self.variables, TFCheckpoint):
+        if hasattr(self.variables, "close"):
             self.variables.close()
 
     def __enter__(self) -> "WeightsSource":
@@ -254,16 +257,51 @@ def _open_torch_file(path: Path) -> WeightsSource:
     return WeightsSource("torch-" + naming, path, state_dict_to_tf_slim(obj, names=naming))
 
 
+class _TFSlimNamedReader:
+    """A reader of PyTorch-named tensors (this package's or a port's keys) seen with TF-Slim names
+    and layouts, tensor by tensor (the same rules as :func:`state_dict_to_tf_slim`)."""
+
+    def __init__(self, reader, naming: str):
+        self.reader = reader
+        to_tf_name = tf_name_of_port_key if naming == "port" else tf_name_of_key
+        self._keys: dict[str, str] = {}
+        for key in reader.names():
+            if not PORT_BOOKKEEPING.search(key):
+                self._keys[to_tf_name(key) or key] = key
+
+    def names(self) -> list[str]:
+        return list(self._keys)
+
+    def _to_tf(self, name: str, array: np.ndarray) -> np.ndarray:
+        return layouts(name, array.ndim)[1](array) if name != self._keys[name] else array
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        shape = self.reader.shape(self._keys[name])
+        return tuple(self._to_tf(name, np.broadcast_to(np.uint8(0), shape)).shape)
+
+    def read(self, name: str) -> np.ndarray:
+        return self._to_tf(name, self.reader.read(self._keys[name]))
+
+    def close(self) -> None:
+        self.reader.close()
+
+
 def _open_safetensors(path: Path) -> WeightsSource:
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import safe_open
+
+    from .safetensors_reader import SafetensorsReader
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="pt") as handle:  # validates the header and the offsets
             metadata = dict(handle.metadata() or {})
-        state = load_file(str(path))
+        reader = SafetensorsReader(path)
     except (SafetensorError, OSError, ValueError) as error:
         raise WeightsFormatError(f"{path}: not a readable .safetensors file ({error})") from error
-    naming = "pnasnet" if metadata.get("format") == OUR_FORMAT else _naming_of(list(state), path)
+    try:
+        naming = "pnasnet" if metadata.get("format") == OUR_FORMAT else _naming_of(reader.names(), path)
+    except BaseException:
+        reader.close()
+        raise
     kind = "pnasnet-safetensors" if naming == "pnasnet" else "safetensors-port"
-    return WeightsSource(kind, path, state_dict_to_tf_slim(state, names=naming), metadata=metadata)
+    return WeightsSource(kind, path, _TFSlimNamedReader(reader, naming), metadata=metadata)
