@@ -88,6 +88,37 @@ def test_bfloat16_backends_agree(model, images, reference, backend):
     assert torch.equal(logits.argmax(1)[clear], reference[0].argmax(1)[clear])
 
 
+INT8_COSINE = 0.9  # int8, fixture weights, 224 px photographs: measured min 0.955; a broken graph gives ~0
+
+
+@needs("openvino", "onnx", "onnxscript", "nncf")
+def test_int8_openvino_is_quantized_and_agrees_roughly(model):
+    from pnasnet.inference.bench import photographs
+
+    photos, _ = photographs(224)
+    # calibrated on half of scikit-image's photographs (and their mirror images), compared on the rest
+    calibration, test = photos[:6], photos[6:]
+    calibration = torch.cat([calibration, calibration.flip(-1), calibration.flip(-2)])
+    fast = optimize(model, "openvino", "int8", image_size=224, calibration=calibration)
+    assert (fast.backend, fast.precision) == ("openvino", "int8")
+    runtime = fast.compiled.get_runtime_model()
+    int8_ops = [op.get_friendly_name() for op in runtime.get_ops()
+                if op.get_rt_info()["runtimePrecision"].astype(str).lower() in ("i8", "u8")]
+    assert len(int8_ops) >= 20, "the convolutions should run in int8"
+    with torch.inference_mode():
+        want_logits, want_feats = model.classify(test), model.features(test)
+    logits, feats = fast.classify(test), fast.features(test)
+    assert logits.dtype == torch.float32 and rel(logits, want_logits) > 1e-4  # not the float32 function
+    assert centered_cosine(feats, want_feats).min() >= INT8_COSINE
+    assert centered_cosine(logits, want_logits).min() >= INT8_COSINE
+    with pytest.raises(ValueError, match="needs calibration images"):
+        optimize(model, "openvino", "int8", image_size=SIZE)
+    with pytest.raises(ValueError, match="built for 48x48"):
+        optimize(model, "openvino", "int8", image_size=SIZE, calibration=torch.rand(2, 3, 64, 64))
+    with pytest.raises(ValueError, match="supports precision float32, bfloat16 only"):
+        optimize(model, "eager", "int8")
+
+
 @needs("onnxruntime", "onnx", "onnxscript")
 def test_onnx_export_runs_in_onnxruntime(model, images, reference, tmp_path):
     import onnx

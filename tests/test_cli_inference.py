@@ -4,6 +4,7 @@ and resuming after a real SIGKILL. Runs in-process where it can (no torch import
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import os
@@ -108,6 +109,8 @@ def test_classify_csv_and_table(capsys, photo_dir, model, tmp_path):
     ["features", "{photos}", *SMALL, "--out", "{tmp}/feats.csv"],  # unknown output format
     ["features", "{photos}", *SMALL, "--out", "{tmp}/f.npy", "--backend", "plain", "--precision", "bfloat16"],
     ["classify", "{photos}", *SMALL, "--backend", "onnxruntime", "--precision", "bfloat16"],
+    ["classify", "{photos}", *SMALL, "--precision", "int8"],                  # no calibration images
+    ["classify", "{photos}", *SMALL, "--calibration", "{photos}"],            # calibration without int8
 ])
 def test_usage_errors_exit_2(capsys, tmp_path, photo_dir, args):
     (tmp_path / "empty").mkdir()
@@ -140,6 +143,26 @@ def test_features_cli_equals_api_and_reports_every_bad_file(capsys, tmp_path, mo
     assert code == 1 and read_output(out)[0].keys() == rows.keys()
     code, _, err = _run(capsys, "features", tmp_path / "in", *SMALL, "--out", out, "--seed", 1)
     assert code == 2 and "made by another run" in err
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in ("openvino", "nncf", "onnx", "onnxscript")),
+                    reason="int8 needs pnasnet[int8] (openvino, nncf)")
+def test_int8_on_request_with_calibration_images(capsys, tmp_path, photo_dir, model):
+    out = tmp_path / "f.parquet"
+    code, _, err = _run(capsys, "features", photo_dir, *SMALL, "--out", out, "--precision", "int8",
+                        "--calibration", photo_dir, "--calibration-count", 3, "-q")
+    assert code == 0, err
+    rows, meta = read_output(out)
+    assert meta["precision"] == "int8"
+    paths = expand_inputs([photo_dir])
+    got = np.stack([rows[p][0] for p in paths])
+    with torch.inference_mode():
+        want = model.features(load_images(paths, 64)).numpy()
+    assert np.abs(got - want).max() > 1e-4 * np.abs(want).max()  # quantized, not the float32 function
+    assert np.abs(got - want).max() < 0.5 * np.abs(want).max()   # yet the same network
+    # a float32 run may not resume into it
+    code, _, err = _run(capsys, "features", photo_dir, *SMALL, "--out", out, "-q")
+    assert code == 2 and "precision" in err
 
 
 def test_features_resume_after_sigkill(capsys, tmp_path):

@@ -27,7 +27,8 @@ JPEG = {"Content-Type": "image/jpeg"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve_limits") / "server.log"
-    args = ["--model", "pnasnet5_mobile", "--max-batch-size", 2, "--max-wait-ms", 10, "--threads", 1,
+    # --backend plain: the slower form of the model, so that requests pile up (the premise here)
+    args = ["--model", "pnasnet5_mobile", "--backend", "plain", "--max-batch-size", 2, "--max-wait-ms", 10, "--threads", 1,
             "--max-queue", MAX_QUEUE, "--timeout", TIMEOUT_S, "--max-files", 96, "--log-level", "warning"]
     with ServerProcess(args, log) as process:
         yield process

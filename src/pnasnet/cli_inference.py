@@ -50,6 +50,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bar or notes (failures are still reported)")
     add_backend_options(parser)
+    add_calibration_options(parser)
     from .engines.cli import add_engine_options
 
     add_engine_options(parser)  # --engine local|ray, --address, --concurrency, --cpus/--gpus-per-actor
@@ -65,8 +66,32 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
                              "model as built; eager/compile/onnxruntime/openvino: see pnasnet.inference.optimize "
                              "(onnxruntime/openvino need pip install 'pnasnet[onnx]' / 'pnasnet[openvino]')")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="float32 (exact, default) or bfloat16 (reduced precision, only on request: about "
-                             "1e-2 relative difference; fast only on CPUs with AMX)")
+                        help="float32 (exact, default); bfloat16 (reduced precision, only on request: about "
+                             "1e-2 relative difference; fast only on CPUs with AMX); int8 (openvino, quantized "
+                             "with calibration images, --calibration; pip install 'pnasnet[int8]')")
+
+
+def add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--calibration", nargs="+", metavar="PATH",
+                        help="--precision int8: images like the ones to be processed (files, folders, globs, "
+                             "@LIST), decoded as the run decodes its inputs")
+    parser.add_argument("--calibration-count", type=int, default=32, metavar="N",
+                        help="calibration images used, spread over the list (default %(default)s)")
+
+
+def _backend_options(args: argparse.Namespace, model) -> dict:
+    """backend, precision, calibration images (int8) and in-place conversion for the tasks."""
+    calibration = None
+    if args.precision == "int8":
+        from .tasks.inference import load_calibration_images, model_image_size
+
+        if not args.calibration:
+            raise ValueError("--precision int8 needs --calibration PATH...: images like the ones to be processed")
+        calibration = load_calibration_images(args.calibration, model_image_size(model, args.image_size),
+                                              count=args.calibration_count, transform=args.transform)
+    elif args.calibration:
+        raise ValueError("--calibration is for --precision int8")
+    return dict(backend=args.backend, precision=args.precision, calibration=calibration, in_place=True)
 
 
 def _load_model(args: argparse.Namespace):
@@ -77,6 +102,8 @@ def _load_model(args: argparse.Namespace):
     from .inference import check_backend_choice
 
     check_backend_choice(args.backend, args.precision)  # before the weights are loaded
+    if args.precision == "int8" and not getattr(args, "calibration", None) and args.engine != "ray":
+        raise ValueError("--precision int8 needs --calibration PATH...: images like the ones to be processed")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.weights is None and Path(args.model).exists():
@@ -213,7 +240,7 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     failed = 0
     try:
         for result in classify_paths(model, paths, top_k=args.top_k, **_run_options(args, progress),
-                                     backend=args.backend, precision=args.precision, in_place=True):
+                                     **_backend_options(args, model)):
             printer(result)
             failed += result.error is not None
     except KeyboardInterrupt:
@@ -242,8 +269,7 @@ def _cmd_features(args: argparse.Namespace) -> int:
     try:
         summary = extract_features(
             model, paths, args.out, model_name=args.model, weights=described, overwrite=args.overwrite,
-            chunk_size=args.chunk_size, backend=args.backend, precision=args.precision, in_place=True,
-            **_run_options(args, _progress(args)))
+            chunk_size=args.chunk_size, **_backend_options(args, model), **_run_options(args, _progress(args)))
     except KeyboardInterrupt:
         print("pnasnet: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

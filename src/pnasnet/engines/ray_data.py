@@ -147,6 +147,9 @@ def _plan(ray, concurrency: PoolSize | None, cpus_per_actor: float, gpus_per_act
     cpus, gpus = float(resources.get("CPU", 0)), float(resources.get("GPU", 0))
     from ..inference import check_backend_choice
 
+    if precision == "int8":
+        raise ValueError("precision int8 is not offered with --engine ray yet (it needs calibration images in "
+                         "every actor); use --engine local, or float32 / bfloat16")
     check_backend_choice(backend, precision)  # here, not in every actor
     if gpus_per_actor is None:  # a GPU per actor where the cluster has GPUs, unless told --device cpu
         gpus_per_actor = 1.0 if gpus >= 1 and not (device or "").startswith("cpu") else 0.0

@@ -44,9 +44,9 @@ BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 # What the classify / features / serve commands and tasks accept: "auto" picks the fastest exact path
 # for the model's device, "plain" runs the model as it is (the training form, in eval mode).
 BACKEND_CHOICES = ("auto", "plain") + BACKENDS
-PRECISIONS = ("float32", "bfloat16")
-_SUPPORTED = {"eager": PRECISIONS, "compile": PRECISIONS, "onnxruntime": ("float32",),
-              "openvino": PRECISIONS}
+PRECISIONS = ("float32", "bfloat16", "int8")
+_SUPPORTED = {"eager": ("float32", "bfloat16"), "compile": ("float32", "bfloat16"), "onnxruntime": ("float32",),
+              "openvino": ("float32", "bfloat16", "int8")}
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
 _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
@@ -293,15 +293,24 @@ class OpenVINOModel(_GraphModel):
 
     def __init__(self, model: PNASNet, image_size: int | None = None, precision: str = "float32",
                  threads: int | None = None, onnx_path: str | os.PathLike | None = None,
-                 hint: str = "LATENCY"):
+                 hint: str = "LATENCY", calibration: torch.Tensor | None = None):
         import openvino as ov
 
         super().__init__(model, image_size)
         self.precision = precision
+        if precision == "int8":
+            from .int8 import check_calibration
+
+            calibration = check_calibration(calibration, self.image_size)
         path, temporary = _export(model, self.image_size, onnx_path)
         try:
             core = ov.Core()
             graph = core.read_model(str(path))
+            if precision == "int8":
+                from .int8 import quantize_openvino_model
+
+                graph = quantize_openvino_model(graph, calibration)
+            # int8: what NNCF left unquantized runs in float32, not in bfloat16 where the CPU has it
             config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
                       "PERFORMANCE_HINT": hint}
             if threads:
@@ -321,15 +330,18 @@ class OpenVINOModel(_GraphModel):
 # --------------------------------------------------------------------------------------- the option
 def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32", *,
              image_size: int | None = None, threads: int | None = None,
-             onnx_path: str | os.PathLike | None = None, in_place: bool = False) -> InferenceModel:
+             onnx_path: str | os.PathLike | None = None, in_place: bool = False,
+             calibration: torch.Tensor | None = None) -> InferenceModel:
     """The fast inference form of ``model`` on ``backend`` at ``precision``.
 
     Args:
         model: a ``PNASNet`` (as ``pnasnet.create_model`` returns it); left unchanged.
         backend: "eager" (default: PyTorch only, no compile, the fastest exact path measured here),
             "compile", "onnxruntime" or "openvino".
-        precision: "float32" (exact: equal to the plain model within float rounding) or "bfloat16"
-            (reduced precision, an explicit choice; eager, compile and openvino).
+        precision: "float32" (exact: equal to the plain model within float rounding), "bfloat16"
+            (reduced precision, an explicit choice; eager, compile and openvino) or "int8" (openvino
+            only, post-training quantization with NNCF calibrated on ``calibration``; see
+            :mod:`pnasnet.inference.int8`).
         image_size: the one image size of an "onnxruntime" / "openvino" model (default: the model's
             own, 331 Large, 224 Mobile); eager and compile run at any size.
         threads: CPU threads for onnxruntime / openvino (default: PyTorch's thread count); for eager
@@ -338,18 +350,14 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
             temporary file by default). It must have been exported from the same weights and size.
         in_place: eager / compile only: turn ``model`` itself into the inference form instead of a
             copy, so the weights are never held twice; ``model`` cannot be used on its own afterwards.
+        calibration: int8 only: float images [N, 3, S, S] in [0, 1] at the model's image size, like
+            the ones it will see (a few dozen).
     """
     if not isinstance(model, PNASNet):
         raise TypeError(f"expected a PNASNet (pnasnet.create_model), got {type(model).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    if precision not in _SUPPORTED[backend]:
-        raise ValueError(f"backend {backend!r} supports precision {', '.join(_SUPPORTED[backend])} only")
-    reason = backend_unavailable(backend)
-    if reason:
-        raise ImportError(reason)
+    check_backend_choice(backend, precision)
     if precision == "bfloat16" and not cpu_has_bf16():
         warnings.warn("this CPU has no native bfloat16 (AVX512-BF16/AMX): bfloat16 will be slower than "
                       "float32", RuntimeWarning, stacklevel=2)
@@ -363,7 +371,7 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
         return CompiledModel(model, precision, in_place=in_place)
     if backend == "onnxruntime":
         return OnnxRuntimeModel(model, image_size, threads, onnx_path)
-    return OpenVINOModel(model, image_size, precision, threads, onnx_path)
+    return OpenVINOModel(model, image_size, precision, threads, onnx_path, calibration=calibration)
 
 
 def auto_backend(model: nn.Module) -> str:
@@ -383,18 +391,22 @@ def check_backend_choice(backend: str, precision: str = "float32") -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if backend == "plain" and precision != "float32":
-        raise ValueError("the plain model runs in float32 only; bfloat16 needs backend "
-                         f"{', '.join(b for b in BACKENDS if 'bfloat16' in _SUPPORTED[b])} (or auto)")
+        raise ValueError(f"the plain model runs in float32 only; {precision} needs backend "
+                         f"{', '.join(b for b in BACKENDS if precision in _SUPPORTED[b])} (or auto)")
     if backend in _SUPPORTED and precision not in _SUPPORTED[backend]:
         raise ValueError(f"backend {backend!r} supports precision {', '.join(_SUPPORTED[backend])} only")
     reason = backend_unavailable(backend) if backend in BACKENDS else None
+    if reason is None and precision == "int8":
+        from .int8 import int8_unavailable
+
+        reason = int8_unavailable()
     if reason:
         raise ImportError(reason)
 
 
 def for_inference(model: nn.Module, backend: str = "auto", precision: str = "float32", *,
                   image_size: int | None = None, threads: int | None = None,
-                  in_place: bool = False) -> nn.Module:
+                  in_place: bool = False, calibration: torch.Tensor | None = None) -> nn.Module:
     """``model`` ready to run inference on ``backend`` (one of :data:`BACKEND_CHOICES`): the model
     itself for "plain" (and for an already optimized model), else :func:`optimize`. This is what
     ``classify_paths``, ``extract_features`` and ``pnasnet serve`` call with their ``backend`` option.
@@ -402,14 +414,15 @@ def for_inference(model: nn.Module, backend: str = "auto", precision: str = "flo
     if isinstance(model, InferenceModel):
         return model
     check_backend_choice(backend, precision)
-    if backend == "auto":  # asking for bfloat16 is the explicit choice of the reduced-precision path
-        backend = auto_backend(model) if precision == "float32" else "eager"
+    if backend == "auto":  # asking for a reduced precision is the explicit choice of its path
+        backend = {"float32": auto_backend(model), "bfloat16": "eager", "int8": "openvino"}[precision]
     if backend == "plain":
         return model
     was_training = model.training
     model.eval()  # the inference form takes the running statistics, as eval mode does
     try:
-        return optimize(model, backend, precision, image_size=image_size, threads=threads, in_place=in_place)
+        return optimize(model, backend, precision, image_size=image_size, threads=threads, in_place=in_place,
+                        calibration=calibration)
     finally:
         if was_training and not in_place:
             model.train()

@@ -67,6 +67,9 @@ class ServeSettings:
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         from ..inference import check_backend_choice
 
+        if self.precision == "int8":
+            raise ValueError("--precision int8 is not offered by serve yet (it needs calibration images); "
+                             "quantize with the Python API, or serve float32 / bfloat16")
         try:
             check_backend_choice(self.backend, self.precision)
         except (ValueError, ImportError) as exc:

@@ -112,6 +112,7 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
                      overwrite: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE,
                      flush_seconds: float = DEFAULT_FLUSH_SECONDS, backend: str = "auto",
                      precision: str = "float32", in_place: bool = False,
+                     calibration: torch.Tensor | None = None,
                      progress: Progress | None = None) -> FeaturesSummary:
     """Write the feature vector of each of ``paths`` to ``out`` (``.parquet`` or ``.npy``; see
     :mod:`pnasnet.tasks.formats`), resuming an interrupted run of the same model, weights and
@@ -122,7 +123,7 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
     name, "not recorded"); the parameters themselves are identified by their SHA-256.
     ``chunk_size``, ``flush_seconds``: a chunk is saved every ``chunk_size`` images or
     ``flush_seconds`` seconds, whichever comes first; that bounds the work a kill can lose.
-    ``backend``, ``precision``, ``in_place``: how the model runs (default the exact fast path; see
+    ``backend``, ``precision``, ``in_place``, ``calibration``: how the model runs (default the exact fast path; see
     :func:`~pnasnet.tasks.inference.prepare_model`); a run resumes only at the same precision.
     Other options as in :func:`~pnasnet.tasks.inference.run_model`.
     """
@@ -157,7 +158,8 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
         latest = _latest_rows(previous, folder, wanted)
         pending = [p for p in paths if latest.get(p, (None, "missing"))[1] is not None]
 
-        runnable = prepare_model(model, backend, precision, image_size=size, in_place=in_place) if pending else model
+        runnable = (prepare_model(model, backend, precision, image_size=size, in_place=in_place,
+                                  calibration=calibration) if pending else model)
         blocks = feature_blocks(runnable, pending, backend="plain", image_size=size, batch_size=batch_size, workers=workers,
                                 transform=transform, max_pixels=max_pixels, progress=progress,
                                 already_done=len(paths) - len(pending))

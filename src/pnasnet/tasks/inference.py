@@ -20,7 +20,7 @@ from .progress import Progress
 from .rows import RowBlock
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Classification", "ImageFeatures", "classify_paths", "feature_blocks",
-           "iter_features", "model_image_size", "prepare_model", "run_model"]
+           "iter_features", "load_calibration_images", "model_image_size", "prepare_model", "run_model"]
 
 DEFAULT_BATCH_SIZE = 16
 
@@ -57,15 +57,35 @@ def _device_of(model: torch.nn.Module) -> torch.device:
 
 
 def prepare_model(model: torch.nn.Module, backend: str = "auto", precision: str = "float32", *,
-                  image_size: int | None = None, in_place: bool = False) -> torch.nn.Module:
+                  image_size: int | None = None, in_place: bool = False,
+                  calibration: torch.Tensor | None = None) -> torch.nn.Module:
     """The model the batch tasks run: ``model`` on ``backend`` at ``precision`` (see
     :func:`pnasnet.inference.for_inference`; "auto" is the exact inference form on the CPU).
     ``in_place``: convert ``model`` itself rather than a copy (saves a copy of the weights; the
-    model is then the inference form only)."""
+    model is then the inference form only). ``calibration``: images for precision "int8" (see
+    :func:`load_calibration_images`)."""
     from ..inference import for_inference
 
     size = model_image_size(model, image_size)
-    return for_inference(model, backend, precision, image_size=size, in_place=in_place)
+    return for_inference(model, backend, precision, image_size=size, in_place=in_place, calibration=calibration)
+
+
+def load_calibration_images(inputs: Sequence[str], image_size: int, *, count: int = 32,
+                            transform: str = "tf-slim") -> torch.Tensor:
+    """Up to ``count`` images from ``inputs`` (files, folders, globs, @lists, as the commands take
+    them), spread evenly over the sorted list so that every folder is represented, decoded and
+    transformed as the run will do it: the calibration set of precision "int8"."""
+    from ..data import load_images
+    from .inputs import expand_inputs
+
+    if count < 1:
+        raise ValueError(f"the calibration image count must be at least 1, got {count}")
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise ValueError(f"no calibration images found in {' '.join(map(str, inputs))}")
+    step = len(paths) / min(count, len(paths))
+    chosen = [paths[int(i * step)] for i in range(min(count, len(paths)))]
+    return load_images(chosen, image_size, transform={"tf-slim": "tf_slim_eval", "resize": "resize"}[transform])
 
 
 def run_model(model: PNASNet, paths: Sequence[str], compute: Callable[[torch.Tensor], torch.Tensor], *,
@@ -105,12 +125,12 @@ def run_model(model: PNASNet, paths: Sequence[str], compute: Callable[[torch.Ten
 
 def classify_paths(model: PNASNet, paths: Sequence[str], *, top_k: int = 5, labels: Sequence[str] | None = None,
                    backend: str = "auto", precision: str = "float32", in_place: bool = False,
-                   **options) -> Iterator[Classification]:
+                   calibration: torch.Tensor | None = None, **options) -> Iterator[Classification]:
     """Top-``top_k`` classes of each image, lazily, in input order (one result per path).
 
     ``labels`` default to the ImageNet names for 1001/1000 classes and to the class numbers for
-    other heads. ``backend``, ``precision``, ``in_place``: how the model runs (:func:`prepare_model`;
-    default the exact fast path). ``options``: ``image_size``, ``batch_size``, ``workers``,
+    other heads. ``backend``, ``precision``, ``in_place``, ``calibration``: how the model runs
+    (:func:`prepare_model`; default the exact fast path). ``options``: ``image_size``, ``batch_size``, ``workers``,
     ``transform``, ``max_pixels``, ``progress``, as in :func:`run_model`.
     """
     if model.num_classes == 0:  # checked now, not when the first result is asked for
@@ -119,7 +139,8 @@ def classify_paths(model: PNASNet, paths: Sequence[str], *, top_k: int = 5, labe
         labels = getattr(model, "labels", None)  # a model directory's labels.txt
     if labels is None and model.num_classes not in (1000, 1001):
         labels = [str(i) for i in range(model.num_classes)]
-    runnable = prepare_model(model, backend, precision, image_size=options.get("image_size"), in_place=in_place)
+    runnable = prepare_model(model, backend, precision, image_size=options.get("image_size"), in_place=in_place,
+                             calibration=calibration)
     return _classifications(run_model(runnable, paths, runnable.classify, **options), top_k, labels)
 
 
@@ -131,10 +152,12 @@ def _classifications(outputs, top_k: int, labels: Sequence[str] | None) -> Itera
 
 
 def feature_blocks(model: PNASNet, paths: Sequence[str], *, backend: str = "auto", precision: str = "float32",
-                   in_place: bool = False, **options) -> Iterator[RowBlock]:
+                   in_place: bool = False, calibration: torch.Tensor | None = None,
+                   **options) -> Iterator[RowBlock]:
     """Feature vectors per batch as :class:`~pnasnet.tasks.rows.RowBlock` (``backend``,
     ``precision``, ``in_place`` as in :func:`classify_paths`, other options as in :func:`run_model`)."""
-    model = prepare_model(model, backend, precision, image_size=options.get("image_size"), in_place=in_place)
+    model = prepare_model(model, backend, precision, image_size=options.get("image_size"), in_place=in_place,
+                          calibration=calibration)
     for batch, vectors in run_model(model, paths, model.features, **options):
         features = vectors.numpy() if len(vectors) else np.empty((0, model.num_features), np.float32)
         yield RowBlock(batch.paths, batch.errors, features)

@@ -1,0 +1,58 @@
+"""int8 post-training quantization of the OpenVINO graph, calibrated on real images (NNCF).
+
+Only an explicit option (``optimize(model, "openvino", "int8", calibration=images)``): int8 changes
+the function by more than float rounding. NNCF's post-training quantization inserts fake-quantize
+operations on the convolutions' inputs and weights (weights per output channel), with activation
+ranges taken from the calibration images, then corrects each convolution's bias so that its mean
+output matches float32 ("fast bias correction"). OpenVINO's CPU plugin then runs those convolutions
+with VNNI int8 dot products. Everything NNCF leaves unquantized stays float32.
+
+Calibrate on images like the ones the model will see (a few dozen suffice; more take longer:
+statistics need one float32 pass per image): ranges from other kinds of images clip activations.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+__all__ = ["INT8_PACKAGES", "int8_unavailable", "quantize_openvino_model", "check_calibration"]
+
+INT8_PACKAGES = ("nncf",)
+
+
+def int8_unavailable() -> str | None:
+    missing = [p for p in INT8_PACKAGES if importlib.util.find_spec(p) is None]
+    if missing:
+        return f"precision 'int8' needs {', '.join(missing)}: pip install \"pnasnet[int8]\""
+    return None
+
+
+def check_calibration(calibration, image_size: int) -> torch.Tensor:
+    """The calibration images as float32 [N, 3, S, S] in [0, 1], or a clear error."""
+    if calibration is None:
+        raise ValueError("precision 'int8' needs calibration images: calibration= a float tensor [N, 3, H, W] "
+                         "in [0, 1] of images like the ones to be classified (a few dozen)")
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 4 or calibration.shape[1] != 3:
+        got = tuple(calibration.shape) if isinstance(calibration, torch.Tensor) else type(calibration).__name__
+        raise ValueError(f"calibration must be a float tensor [N, 3, H, W] of images in [0, 1], got {got}")
+    if tuple(calibration.shape[-2:]) != (image_size, image_size):
+        raise ValueError(f"calibration images are {calibration.shape[-2]}x{calibration.shape[-1]}; the int8 model "
+                         f"is built for {image_size}x{image_size}")
+    if not calibration.is_floating_point() or calibration.shape[0] < 1:
+        raise ValueError("calibration must hold at least one float image")
+    return calibration.detach().to("cpu", torch.float32).contiguous()
+
+
+def quantize_openvino_model(graph, calibration: torch.Tensor):
+    """The int8 form of the OpenVINO model ``graph`` (``openvino.Model``), calibrated on
+    ``calibration`` (as :func:`check_calibration` returns it), one image per statistics pass."""
+    import logging
+
+    import nncf
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # no progress bars in a library call
+    samples = [calibration[i:i + 1].numpy() for i in range(calibration.shape[0])]
+    return nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples),
+                         preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True)
