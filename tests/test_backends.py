@@ -201,7 +201,7 @@ def test_backends_import_lazily():
     import sys
 
     code = ("import sys, pnasnet.inference; "
-            "print(any(m in sys.modules for m in ('onnxruntime', 'openvino', 'onnx', 'onnxscript')))")
+            "print(any(m in sys.modules for m in ('onnxruntime', 'openvino', 'onnx', 'onnxscript', 'nncf')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    assert backends_module.PRECISIONS == ("float32", "bfloat16")
+    assert backends_module.PRECISIONS == ("float32", "bfloat16", "int8")

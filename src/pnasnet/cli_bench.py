@@ -20,7 +20,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         model = args.model
         size = args.image_size or (331 if "large" in model else 224)
         paths = [("eager", "float32"), ("onnxruntime", "float32"), ("openvino", "float32"),
-                 ("eager", "bfloat16"), ("openvino", "bfloat16")]
+                 ("eager", "bfloat16"), ("openvino", "bfloat16"), ("openvino", "int8")]
         result = bench.run_agreement([(f"{model} {args.weights or 'random'}", model, args.weights, size)], paths)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

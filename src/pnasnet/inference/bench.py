@@ -44,7 +44,7 @@ OURS = ["pnasnet-plain", "pnasnet-eager", "pnasnet-compile", "pnasnet-onnxruntim
         "pnasnet-eager-bf16", "pnasnet-openvino-bf16"]
 PEERS = ["timm-eager", "timm-channels-last", "timm-compile", "timm-bf16-autocast", "timm-onnxruntime",
          "timm-openvino", "timm-openvino-bf16", "tf-slim"]
-EXTRA = ["pnasnet-folded", "pnasnet-compile-bf16"]
+EXTRA = ["pnasnet-folded", "pnasnet-compile-bf16", "pnasnet-openvino-int8"]
 ALL = OURS + PEERS + EXTRA
 DEFAULT = OURS + PEERS
 BF16 = {"pnasnet-eager-bf16", "pnasnet-openvino-bf16", "pnasnet-compile-bf16", "timm-bf16-autocast",
@@ -59,6 +59,7 @@ DESCRIPTIONS = {
     "pnasnet-eager-bf16": "pnasnet optimize(precision='bfloat16'): eager",
     "pnasnet-openvino-bf16": "pnasnet ONNX export in OpenVINO bfloat16",
     "pnasnet-compile-bf16": "pnasnet optimize(backend='compile', precision='bfloat16')",
+    "pnasnet-openvino-int8": "pnasnet ONNX export in OpenVINO, int8 (NNCF, calibrated on photographs)",
     "timm-eager": "timm pnasnet5large eager (NCHW)",
     "timm-channels-last": "timm channels-last",
     "timm-compile": "timm channels-last + torch.compile",
@@ -257,9 +258,13 @@ def build_contender(name: str, spec: dict):
             info["keep_freed_memory"] = keep_freed_memory()  # what `pnasnet classify/features` do
         backend = {"eager": "eager", "compile": "compile", "onnxruntime": "onnxruntime",
                    "openvino": "openvino"}[name.split("-")[1]]
-        precision = "bfloat16" if name.endswith("bf16") else "float32"
+        precision = "bfloat16" if name.endswith("bf16") else "int8" if name.endswith("int8") else "float32"
+        calibration = None
+        if precision == "int8":
+            calibration = calibration_photographs(spec["size"])
         fast = optimize(model, backend, precision, image_size=spec["size"], threads=threads,
-                        onnx_path=spec.get("ours_onnx") if backend in ("onnxruntime", "openvino") else None)
+                        onnx_path=spec.get("ours_onnx") if backend in ("onnxruntime", "openvino") else None,
+                        calibration=calibration)
         fast.check_input_range = False
         del model
         return _torch_runner(fast.classify), info
@@ -409,6 +414,12 @@ def _ceilings(threads: int, seconds: float = 1.5) -> dict:
                 w = torch.randn(cout, cin, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
                 rates.append(best(lambda: F.conv2d(x, w), 2 * batch * cin * cout * side * side))
             out[f"conv1x1_{label}"] = round(max(rates), 1)
+        try:  # int8 x int8 -> int32 products (VNNI where the CPU has it), in GOP/s
+            a8, b8 = torch.randint(-100, 100, (2048, 2048), dtype=torch.int8), \
+                torch.randint(-100, 100, (2048, 2048), dtype=torch.int8)
+            out["matmul_int8"] = round(best(lambda: torch._int_mm(a8, b8), 2 * 2048 ** 3), 1)
+        except (RuntimeError, AttributeError):
+            pass
     return out
 
 
@@ -617,6 +628,8 @@ def _contender_available(name: str, args) -> str | None:
         return "needs onnxruntime, onnx, onnxscript"
     if "openvino" in name and not have("openvino", "onnx", "onnxscript"):
         return "needs openvino, onnx, onnxscript"
+    if name.endswith("int8") and not have("nncf"):
+        return "needs nncf (pip install 'pnasnet[int8]')"
     return None
 
 
@@ -632,7 +645,7 @@ def run_benchmark(args, say=print) -> dict:
             contenders.remove(name)
     workdir = tempfile.mkdtemp(prefix="pnasnet-bench-")
     spec_base["workdir"] = workdir
-    if any(c in contenders for c in ("pnasnet-onnxruntime", "pnasnet-openvino", "pnasnet-openvino-bf16")):
+    if any(c.startswith(("pnasnet-onnxruntime", "pnasnet-openvino")) for c in contenders):
         spec_base["ours_onnx"] = os.path.join(workdir, "pnasnet.onnx")
     if any(c.startswith("timm-o") for c in contenders):
         spec_base["timm_onnx"] = os.path.join(workdir, "timm.onnx")
@@ -743,11 +756,15 @@ print(json.dumps(out))
         return {}
 
 
+def _precision_of(name: str) -> str:
+    return "bfloat16" if name in BF16 else "int8" if name.endswith("int8") else "float32"
+
+
 def summarize(results: dict) -> None:
     gflop = results.get("gflop_per_image") or LARGE_GFLOP_331
     for key, entry in results["contenders"].items():
         ceil = results["ceilings"].get(entry["threads"]) or results["ceilings"].get(str(entry["threads"])) or {}
-        precision = "bfloat16" if entry["name"] in BF16 else "float32"
+        precision = _precision_of(entry["name"])
         ceiling = ceil.get(f"matmul_{precision}")
         for batch, b in entry["batches"].items():
             if not b["times"]:
@@ -795,7 +812,7 @@ def to_markdown(results: dict) -> str:
         for key, entry in results["contenders"].items():
             if entry["threads"] != threads:
                 continue
-            prec = "bf16" if entry["name"] in BF16 else "fp32"
+            prec = {"bfloat16": "bf16", "int8": "int8", "float32": "fp32"}[_precision_of(entry["name"])]
             row = f"| {entry['name']} | {prec} | {entry['build_s']} |"
             for b in batches:
                 e = entry["batches"].get(b, {})
@@ -916,7 +933,19 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "h
           "cat", "camera", "moon", "coins", "clock")
 
 
-def photographs(size: int):
+# int8 calibration images: other scikit-image samples than the compared ones
+CALIBRATION_PHOTOS = ("brick", "grass", "gravel", "eagle", "page", "text", "colorwheel", "logo")
+
+
+def calibration_photographs(size: int):
+    """:data:`CALIBRATION_PHOTOS` and their mirror images, as :func:`photographs` gives them."""
+    import torch
+
+    images, _ = photographs(size, CALIBRATION_PHOTOS)
+    return torch.cat([images, images.flip(-1)])
+
+
+def photographs(size: int, names=PHOTOS):
     """scikit-image's sample photographs, centre square, resized to ``size`` (bicubic), [N,3,S,S] in
     [0, 1]; grey ones repeated to RGB."""
     import numpy as np
@@ -924,8 +953,8 @@ def photographs(size: int):
     from PIL import Image
     from skimage import data
 
-    images, names = [], []
-    for name in PHOTOS:
+    images, found = [], []
+    for name in names:
         try:
             array = np.asarray(getattr(data, name)())
         except Exception:  # some need a download: skipped
@@ -938,8 +967,8 @@ def photographs(size: int):
         top, left = (h - side) // 2, (w - side) // 2
         image = Image.fromarray(array[top:top + side, left:left + side]).resize((size, size), Image.BICUBIC)
         images.append(np.asarray(image, dtype=np.float32) / 255.0)
-        names.append(name)
-    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), names
+        found.append(name)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(), found
 
 
 def agreement_metrics(test, reference) -> dict:
@@ -978,10 +1007,15 @@ def run_agreement(cases: list[tuple[str, str, str, int]], paths: list[tuple[str,
         for backend, precision in paths:
             key = f"{backend}/{precision}"
             reason = backend_unavailable(backend)
+            if reason is None and precision == "int8":
+                from .int8 import int8_unavailable
+
+                reason = int8_unavailable()
             if reason:
                 case["paths"][key] = {"skipped": reason}
                 continue
-            fast = optimize(model, backend, precision, image_size=size)
+            calibration = calibration_photographs(size) if precision == "int8" else None
+            fast = optimize(model, backend, precision, image_size=size, calibration=calibration)
             feats = fast.features(images)
             entry = {"features": agreement_metrics(feats, ref_feats)}
             if ref_logits is not None:

@@ -15,9 +15,12 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from ..data import DEFAULT_MAX_PIXELS
+
+if TYPE_CHECKING:
+    import torch
 from ..model import PNASNet
 from .batches import TRANSFORMS
 from .chunks import ChunkFolder
