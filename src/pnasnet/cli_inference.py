@@ -273,11 +273,15 @@ def _cmd_features(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("pnasnet: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return report_features_summary(args, summary, ", ".join(str(f) for f in summary.files))
+
+
+def report_features_summary(args: argparse.Namespace, summary, written_to: str) -> int:
+    """The closing lines of ``pnasnet features`` (either engine) and its exit status."""
     if not args.quiet:
         reused = summary.total - summary.computed
         note = f" ({reused} from an earlier run)" if reused else ""
-        print(f"pnasnet: {summary.written} of {summary.total} vectors{note} -> "
-              f"{', '.join(str(f) for f in summary.files)}", file=sys.stderr)
+        print(f"pnasnet: {summary.written} of {summary.total} vectors{note} -> {written_to}", file=sys.stderr)
     if summary.failed:
         print(f"pnasnet: {len(summary.failed)} of {summary.total} inputs could not be read "
               "(listed in the output with the reason)", file=sys.stderr)

@@ -61,7 +61,7 @@ def _driver_model(args: argparse.Namespace):
 
 
 def cmd_features_ray(args: argparse.Namespace) -> int:
-    from ..cli_inference import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
+    from ..cli_inference import EXIT_INTERRUPTED, report_features_summary
     from ..tasks import TqdmProgress
     from .ray_data import extract_features_ray, import_ray
 
@@ -76,15 +76,7 @@ def cmd_features_ray(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("pnasnet: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if not args.quiet:
-        reused = summary.total - summary.computed
-        note = f" ({reused} from an earlier run)" if reused else ""
-        print(f"pnasnet: {summary.written} of {summary.total} vectors{note} -> {args.out} "
-              f"({len(summary.files)} Parquet files)", file=sys.stderr)
-    if summary.failed:
-        print(f"pnasnet: {len(summary.failed)} of {summary.total} inputs could not be read "
-              "(listed in the output with the reason)", file=sys.stderr)
-    return EXIT_SOME_FAILED if summary.failed else EXIT_OK
+    return report_features_summary(args, summary, f"{args.out} ({len(summary.files)} Parquet files)")
 
 
 def cmd_classify_ray(args: argparse.Namespace) -> int:

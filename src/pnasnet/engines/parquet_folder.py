@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from ..atomic_files import atomic_path, write_bytes_atomically
 from ..tasks.formats import FeaturesOutput, output_for
 from ..tasks.inputs import printable_path
 from ..tasks.rows import RowBlock
@@ -226,12 +226,7 @@ class ParquetFolderOutput(FeaturesOutput):
             with self.fs.open_output_stream(self._full(name)) as fh:  # object stores: atomic on close
                 fh.write(data)
             return
-        tmp = self._full(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._full(name))
+        write_bytes_atomically(self._full(name), data, hidden=True)  # readers skip dotfiles
 
     def write_part(self, table, name: str | None = None) -> str:
         """Write ``table`` as one complete part (atomically); returns its name. The default name
@@ -242,11 +237,8 @@ class ParquetFolderOutput(FeaturesOutput):
         if self.remote:
             pq.write_table(table, self._full(name), filesystem=self.fs)
             return name
-        tmp = self._full(f".{name}.tmp-{uuid.uuid4().hex[:8]}")
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self._full(name))
+        with atomic_path(self._full(name), hidden=True) as tmp:
+            pq.write_table(table, tmp)
         return name
 
     def drop_rows(self, drop: dict[str, set[int]]) -> None:

@@ -24,6 +24,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..atomic_files import atomic_path, fsync_dir, write_bytes_atomically
 from .rows import RowBlock
 from .run_info import RunInfo
 
@@ -41,26 +42,6 @@ except ImportError:  # pragma: no cover
 
 class OutputBusyError(RuntimeError):
     """Another run is writing the same output."""
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return  # pragma: no cover
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomically(target: Path, data: bytes) -> None:
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    _fsync_dir(target.parent)
 
 
 class ChunkFolder:
@@ -104,7 +85,7 @@ class ChunkFolder:
                 chunk.unlink()
         elif manifest.exists():
             info.check_same_as(RunInfo.from_json(manifest.read_text()), f"the unfinished run in {self.folder}")
-        write_atomically(manifest, info.to_json().encode())
+        write_bytes_atomically(manifest, info.to_json().encode())
 
     def remove_if_unused(self) -> None:
         """Delete the folder if it holds no chunks (a run that stopped before computing any)."""
@@ -142,17 +123,12 @@ class ChunkFolder:
         existing = self.chunks()
         number = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         target = self.folder / f"chunk-{number:06d}.npz"
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as fh:
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh:
             # ok marks the good rows; errors holds "" there (no reason is ever empty)
             np.savez(fh, paths=np.array(block.paths, dtype=str),
                      ok=np.array([e is None for e in block.errors], dtype=bool),
                      errors=np.array([e or "" for e in block.errors], dtype=str),
                      features=block.features.astype(np.float32, copy=False))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(self.folder)
         return target
 
     @staticmethod
@@ -181,9 +157,9 @@ class ChunkFolder:
             with open(self.folder / (_STAGED + ".tmp") / name, "rb") as fh:
                 os.fsync(fh.fileno())
         # Where each file goes, written before the commit point (the rename below).
-        write_atomically(self.folder / "targets.json", json.dumps({k: str(v) for k, v in targets.items()}).encode())
+        write_bytes_atomically(self.folder / "targets.json", json.dumps({k: str(v) for k, v in targets.items()}).encode())
         os.replace(self.folder / (_STAGED + ".tmp"), staged)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         self.finish_publishing()
 
     def finish_publishing(self) -> None:
@@ -196,7 +172,7 @@ class ChunkFolder:
             source = staged / name
             if source.exists():  # absent: already moved by the interrupted run
                 os.replace(source, target)
-        _fsync_dir(Path(next(iter(targets.values()))).parent)
+        fsync_dir(Path(next(iter(targets.values()))).parent)
         # Rename first so that a half-deleted folder is never mistaken for a run's chunks.
         trash = self.folder.with_name(f"{self.folder.name}.done-{uuid.uuid4().hex[:8]}")
         os.replace(self.folder, trash)

@@ -19,13 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from ..atomic_files import atomic_path
 from ..data import DEFAULT_MAX_PIXELS
 from ..model import PNASNet
 from ..tasks import extract_features, parameters_sha256
@@ -63,12 +63,8 @@ class CachedFeatures:
 
 
 def _write_npz_atomically(target: Path, **arrays: np.ndarray) -> None:
-    tmp = target.with_name(f"{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "wb") as fh:
+    with atomic_path(target) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
 
 
 def _read_store(folder: Path) -> dict[str, np.ndarray]:

@@ -17,14 +17,13 @@ directory is complete. While training in full mode, ``training-checkpoint.pt`` l
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Sequence
 
 from ..api import LABELS_FILE, MODEL_FILE
 from ..model import PNASNet
-from ..tasks.chunks import write_atomically
+from ..atomic_files import fsync_dir, write_bytes_atomically
 from ..weights.ours import save_safetensors
 from .checkpoint import CHECKPOINT_FILE
 from .report import EpochRecord, draw_learning_curves
@@ -67,9 +66,9 @@ def write_model_dir(out: Path, model: PNASNet, labels: Sequence[str], *, metadat
     if len(labels) != model.num_classes:
         raise RuntimeError(f"internal error: {len(labels)} labels for {model.num_classes} classes")
     out.mkdir(parents=True, exist_ok=True)
-    write_atomically(out / LABELS_FILE, ("\n".join(labels) + "\n").encode("utf-8"))
-    write_atomically(out / CONFIG_FILE, _json_bytes(config))
-    write_atomically(out / METRICS_FILE, _json_bytes(metrics))
+    write_bytes_atomically(out / LABELS_FILE, ("\n".join(labels) + "\n").encode("utf-8"))
+    write_bytes_atomically(out / CONFIG_FILE, _json_bytes(config))
+    write_bytes_atomically(out / METRICS_FILE, _json_bytes(metrics))
     draw_learning_curves(history, out / CURVES_FILE, title=title)
     save_safetensors(model, out / MODEL_FILE, metadata)
     return [out / name for name in OUTPUT_FILES]
@@ -77,9 +76,4 @@ def write_model_dir(out: Path, model: PNASNet, labels: Sequence[str], *, metadat
 
 def remove_checkpoint(out: Path) -> None:
     (out / CHECKPOINT_FILE).unlink(missing_ok=True)
-    if os.name == "posix":
-        fd = os.open(out, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(out)

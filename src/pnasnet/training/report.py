@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
+
+from ..atomic_files import atomic_path
 
 __all__ = ["EpochRecord", "confusion_matrix", "draw_learning_curves", "evaluation_report", "per_class_metrics"]
 
@@ -147,7 +148,6 @@ def draw_learning_curves(history: Sequence[EpochRecord], path: str | os.PathLike
                 [("train", [r.train_accuracy for r in history], _TRAIN_COLOUR),
                  ("validation", [r.val_accuracy for r in history], _VAL_COLOUR)], fixed=(0.0, 1.0),
                 floor_zero=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
     return path

@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from torch import nn
+
+from ..atomic_files import atomic_path
 
 FORMAT_VERSION = "1"
 
@@ -43,19 +44,8 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[s
         info["config"] = json.dumps(dataclasses.asdict(config), sort_keys=True)
     info.update({k: str(v) for k, v in metadata.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=info)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=info)
     return path
 
 
