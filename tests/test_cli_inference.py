@@ -122,6 +122,25 @@ def test_usage_errors_exit_2(capsys, tmp_path, photo_dir, args):
     assert exited.value.code == 2
 
 
+def test_a_model_directory_brings_its_transform_and_image_size(capsys, tmp_path, photo_dir, model):
+    from pnasnet.weights.ours import save_safetensors
+
+    folder = tmp_path / "my_model"
+    folder.mkdir()
+    # what `pnasnet train --transform resize` records (trained at 72 px)
+    save_safetensors(model, folder / "model.safetensors", {"transform": "resize", "image_size": "72"})
+    code, out, err = _run(capsys, "classify", photo_dir, "--model", folder, "--workers", "0", "--json",
+                          "--backend", "plain", "--top-k", "1")
+    assert code == 0, err
+    paths = expand_inputs([photo_dir])
+    got = [json.loads(line)["top_k"][0]["probability"] for line in out.splitlines()]
+    with torch.inference_mode():
+        want = torch.softmax(model.classify(load_images(paths, 72, transform="resize")).double(), 1).max(1).values
+        other = torch.softmax(model.classify(load_images(paths, 64)).double(), 1).max(1).values
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5)
+    assert not np.allclose(got, other.numpy(), rtol=1e-5)  # the defaults would have given something else
+
+
 # ----------------------------------------------------------------------------------- features
 def test_features_cli_equals_api_and_reports_every_bad_file(capsys, tmp_path, model):
     good, bad = write_mixed_folder(tmp_path / "in")

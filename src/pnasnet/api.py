@@ -117,6 +117,10 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
             report = load_from_source(model, source, prefer_moving_averages=prefer_moving_averages)
         model.weights_report = report
         model.weights_source = {"weights": str(weights), "path": str(path), "kind": source.kind}
+        if "transform" in source.metadata and "image_size" in source.metadata:
+            # what a model made by `pnasnet train` was trained with: the commands' defaults for it
+            model.preprocessing = {"transform": source.metadata["transform"],
+                                   "image_size": int(source.metadata["image_size"])}
     return model.eval()
 
 

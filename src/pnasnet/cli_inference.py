@@ -35,10 +35,12 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", help="weights: a known source name or a local checkpoint/file "
                                           "(default: random initialisation, for testing only)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation without --weights")
-    parser.add_argument("--transform", choices=sorted(TRANSFORMS), default="tf-slim",
+    parser.add_argument("--transform", choices=sorted(TRANSFORMS),
                         help="preprocessing: tf-slim = central crop 0.875 + bilinear resize, as the published "
-                             "accuracy was measured (default); resize = whole image resized (TF-Hub's advice)")
-    parser.add_argument("--image-size", type=int, help="side of the model input (default: the model's, 331 / 224)")
+                             "accuracy was measured (default; for a model directory, what it was trained with); "
+                             "resize = whole image resized (TF-Hub's advice)")
+    parser.add_argument("--image-size", type=int, help="side of the model input (default: the model's, 331 / 224, "
+                                                       "or the size a model directory was trained at)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help="images per model call (default %(default)s)")
     parser.add_argument("--workers", type=int, help="image decoding processes (default: 2 on a CPU, up to 8 "
@@ -117,6 +119,11 @@ def _load_model(args: argparse.Namespace):
     else:
         described = str(args.weights)
     model = create_model(args.model, weights=args.weights)
+    recorded = getattr(model, "preprocessing", {})  # a model directory's transform and size
+    if args.transform is None:
+        args.transform = recorded.get("transform", "tf-slim")
+    if args.image_size is None:
+        args.image_size = recorded.get("image_size")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device), described
 
