@@ -31,6 +31,7 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -637,6 +638,19 @@ def _contender_available(name: str, args) -> str | None:
 
 
 def run_benchmark(args, say=print) -> dict:
+    """Run the benchmark ``args`` describe; the weights and ONNX exports it prepares (~1 GB for
+    Large) live in a temporary folder removed at the end unless ``args.keep_workdir``."""
+    workdir = tempfile.mkdtemp(prefix="pnasnet-bench-")
+    try:
+        return _run_benchmark(args, workdir, say)
+    finally:
+        if getattr(args, "keep_workdir", False):
+            say(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_benchmark(args, workdir: str, say) -> dict:
     spec_base = {"model": args.model, "weights": args.weights, "size": args.image_size,
                  "slim_dir": args.slim_dir, "tf_checkpoint": args.tf_checkpoint, "verbose": args.verbose}
     contenders = [c for c in args.contenders]
@@ -646,7 +660,6 @@ def run_benchmark(args, say=print) -> dict:
         if reason:
             skipped[name] = reason
             contenders.remove(name)
-    workdir = tempfile.mkdtemp(prefix="pnasnet-bench-")
     spec_base["workdir"] = workdir
     if any(c.startswith(("pnasnet-onnxruntime", "pnasnet-openvino")) for c in contenders):
         spec_base["ours_onnx"] = os.path.join(workdir, "pnasnet.onnx")
@@ -881,6 +894,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("--out", default="benchmarks/results", help="folder for results.json and results.md")
     parser.add_argument("--tag", default=None, help="file name stem (default: MODEL-SIZE)")
     parser.add_argument("--verbose", action="store_true", help="show the workers' output")
+    parser.add_argument("--keep-workdir", action="store_true",
+                        help="keep the temporary folder with the weights and ONNX exports (default: removed)")
     return parser
 
 
