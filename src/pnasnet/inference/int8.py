@@ -52,7 +52,7 @@ def quantize_openvino_model(graph, calibration: torch.Tensor):
 
     import nncf
 
-    logging.getLogger("nncf").setLevel(logging.WARNING)  # no progress bars in a library call
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # its progress bar stays: calibration takes a while
     samples = [calibration[i:i + 1].numpy() for i in range(calibration.shape[0])]
     return nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples),
                          preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True)
