@@ -1,12 +1,14 @@
 """Fast inference: the inference form of the model and back ends behind one option.
 
     import pnasnet
-    from pnasnet.inference import optimize
+    from pnasnet.inference import for_inference, optimize
 
     model = pnasnet.create_model("pnasnet5_large", weights="tf-slim")
     fast = optimize(model)                                   # eager, float32: exact, ~2x plain
+    runnable = for_inference(model, backend="auto")          # what the commands run (plain on a GPU)
     fast = optimize(model, precision="bfloat16")             # reduced precision, explicit
     fast = optimize(model, backend="openvino", image_size=331)
+    fast = optimize(model, "openvino", "int8", image_size=331, calibration=images)  # explicit
     logits = fast.classify(images)                           # as model.classify
     feats = fast.features(images)                            # as model.features
 

@@ -10,15 +10,16 @@ backend        what runs                                                    prec
                compiles on the first call (about a minute for Large)
 ``onnxruntime``the ONNX export (fixed image size, any batch) in ONNX          float32
                Runtime's CPU provider; ``pip install "pnasnet[onnx]"``
-``openvino``   the ONNX export in OpenVINO's CPU plugin;                    float32, bfloat16
-               ``pip install "pnasnet[openvino]"``
+``openvino``   the ONNX export in OpenVINO's CPU plugin;                    float32, bfloat16,
+               ``pip install "pnasnet[openvino]"`` (int8: ``[int8]``)       int8
 =============  ===========================================================  =====================
 
 ``float32`` is the exact path: logits agree with the plain model to about 1e-6 relative (stated
-tolerance 1e-4). ``bfloat16`` (CPUs with AVX512-BF16 or AMX) is an explicit option: about twice as
-fast, with feature-vector cosine similarity >= 0.999 to float32 on real photographs (see
-``benchmarks/README.md`` for the measured agreement). Each back end's package is imported only when
-that back end is asked for.
+tolerance 1e-4). ``bfloat16`` and ``int8`` are explicit options that change the function: bfloat16
+pays on CPUs with AMX (on AVX512-BF16 without AMX it measured slower than float32); int8 (OpenVINO
+with NNCF post-training quantization, calibrated on ``calibration=`` images) measured about twice
+float32 on a VNNI CPU, with agreement that must be checked on your data (``benchmarks/RESULTS.md``).
+Each back end's package is imported only when that back end is asked for.
 
 The result has the model's call shape: ``classify(images) -> [N, num_classes]`` and
 ``features(images) -> [N, num_features]``, float32 tensors, for float images ``[N, 3, H, W]`` in [0, 1]
