@@ -88,7 +88,7 @@ def test_bfloat16_backends_agree(model, images, reference, backend):
     assert torch.equal(logits.argmax(1)[clear], reference[0].argmax(1)[clear])
 
 
-INT8_COSINE = 0.9  # int8, fixture weights, 224 px photographs: measured min 0.955; a broken graph gives ~0
+INT8_COSINE = 0.9  # int8, fixture weights, 224 px photographs: measured min 0.92-0.96; a broken graph gives ~0
 
 
 @needs("openvino", "onnx", "onnxscript", "nncf")

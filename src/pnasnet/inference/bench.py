@@ -1028,21 +1028,46 @@ def run_agreement(cases: list[tuple[str, str, str, int]], paths: list[tuple[str,
             if reason:
                 case["paths"][key] = {"skipped": reason}
                 continue
-            calibration = calibration_photographs(size) if precision == "int8" else None
-            fast = optimize(model, backend, precision, image_size=size, calibration=calibration)
-            feats = fast.features(images)
+            if precision == "int8":
+                feats, logits = _int8_two_fold(model, backend, size, images)
+            else:
+                fast = optimize(model, backend, precision, image_size=size)
+                feats = fast.features(images)
+                logits = fast.classify(images) if ref_logits is not None else None
+                del fast
             entry = {"features": agreement_metrics(feats, ref_feats)}
             if ref_logits is not None:
-                logits = fast.classify(images)
                 entry["logits"] = agreement_metrics(logits, ref_logits)
                 entry["top1_agree"] = float((logits.argmax(1) == ref_logits.argmax(1)).double().mean())
             case["paths"][key] = entry
             say(f"{label} {key}: features cos(centered) min {entry['features']['centered_cosine_min']:.5f}"
                 + (f", logits centered rel L2 {entry['logits']['centered_rel_l2']:.4f}, max rel err "
                    f"{entry['logits']['max_rel_err']:.2e}, top-1 agree {entry['top1_agree']:.2f}" if "logits" in entry else ""))
-            del fast
         out["cases"][label] = case
     return out
+
+
+def _int8_two_fold(model, backend: str, size: int, images):
+    """int8 outputs for every photograph from a model calibrated on the *other* half of them (and
+    their mirror images): in-domain calibration, never on the image compared."""
+    import torch
+
+    from pnasnet.inference import optimize
+
+    halves = [torch.arange(0, len(images), 2), torch.arange(1, len(images), 2)]
+    feats, logits = None, None
+    for calibrate, compare in ((halves[0], halves[1]), (halves[1], halves[0])):
+        calibration = torch.cat([images[calibrate], images[calibrate].flip(-1)])
+        fast = optimize(model, backend, "int8", image_size=size, calibration=calibration)
+        f = fast.features(images[compare])
+        feats = f.new_zeros(len(images), f.shape[1]) if feats is None else feats
+        feats[compare] = f
+        if model.num_classes:
+            g = fast.classify(images[compare])
+            logits = g.new_zeros(len(images), g.shape[1]) if logits is None else logits
+            logits[compare] = g
+        del fast
+    return feats, logits
 
 
 def agreement_markdown(result: dict) -> str:

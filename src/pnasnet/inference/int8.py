@@ -51,8 +51,18 @@ def quantize_openvino_model(graph, calibration: torch.Tensor):
     import logging
 
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # its progress bar stays: calibration takes a while
     samples = [calibration[i:i + 1].numpy() for i in range(calibration.shape[0])]
+    # Activation ranges from histograms (minimising the quantization error) rather than the
+    # default min/max: PNASNet's cell outputs are heavy-tailed (max/std 10-17), and min/max ranges
+    # spend most of the 256 levels on a few outliers. Measured on the fixtures (photographs, 2-fold,
+    # never calibrated on the compared ones): centered feature cosine mean 0.84 -> 0.96 (large_tiny),
+    # 0.96 -> 0.98 (mobile_tiny). MIXED: symmetric weights, asymmetric activations.
+    advanced = AdvancedQuantizationParameters(
+        activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM)
     return nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples),
-                         preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True)
+                         preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True,
+                         advanced_parameters=advanced)
