@@ -93,6 +93,9 @@ def _backend_options(args: argparse.Namespace, model) -> dict:
                                               count=args.calibration_count, transform=args.transform)
     elif args.calibration:
         raise ValueError("--calibration is for --precision int8")
+    if args.precision != "float32" and not args.quiet:
+        print(f"pnasnet: note: --precision {args.precision} computes a slightly different function than float32 "
+              "(see benchmarks/RESULTS.md); check it on your own images before relying on it", file=sys.stderr)
     return dict(backend=args.backend, precision=args.precision, calibration=calibration, in_place=True)
 
 
