@@ -3,10 +3,12 @@ serving stack."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from pnasnet.cli import main
 
@@ -27,6 +29,8 @@ def test_help_lists_the_limits(capsys):
     (["--max-queue", "-1"], "--max-queue must be positive"),
     (["--model", "no_such_model", "--weights", "missing.ckpt"], "missing.ckpt"),
     (["--backend", "plain", "--precision", "bfloat16"], "--backend plain --precision bfloat16: the plain model runs"),
+    (["--precision", "int8"], "--precision int8 needs --calibration PATH"),
+    (["--calibration", "photos/"], "--calibration is for --precision int8"),
 ])
 def test_bad_options_exit_2_before_starting(capsys, args, words):
     assert main(["serve", *args]) == 2
@@ -54,3 +58,20 @@ def test_the_core_library_does_not_import_the_serving_stack():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in ("openvino", "nncf", "onnx", "onnxscript")),
+                    reason="int8 needs pnasnet[int8] (openvino, nncf)")
+def test_an_int8_worker_calibrates_on_the_given_images(tmp_path):
+    from inference_images import write_small_crops
+    from serve_server import TINY_CHECKPOINT
+
+    from pnasnet.serve.settings import ServeSettings, load_model, prepare_served_model
+
+    write_small_crops(tmp_path, 6, side=64)
+    settings = ServeSettings(model="auto", weights=str(TINY_CHECKPOINT), image_size=48, precision="int8",
+                             calibration=(str(tmp_path),), calibration_count=4)
+    settings.check()
+    served = prepare_served_model(load_model(settings), settings)
+    assert (served.backend, served.precision, served.image_size) == ("openvino", "int8", 48)
+    assert served.classify(torch.rand(2, 3, 48, 48)).shape == (2, 11)

@@ -36,7 +36,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(
         model=args.model, weights=_weights_path(args), seed=args.seed, image_size=args.image_size,
         transform=args.transform, device=args.device, threads=args.threads, backend=args.backend,
-        precision=args.precision, workers=args.workers,
+        precision=args.precision, calibration=tuple(args.calibration or ()),
+        calibration_count=args.calibration_count, workers=args.workers,
         decode_threads=args.decode_threads, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, max_files=args.max_files,
@@ -83,9 +84,10 @@ def add_serve_commands(sub: argparse._SubParsersAction) -> None:
                    help="preprocessing (default %(default)s: central crop 0.875 + bilinear, the published accuracy)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="default %(default)s")
     p.add_argument("--threads", type=int, help="CPU threads per inference worker (default: PyTorch's)")
-    from .cli_inference import add_backend_options
+    from .cli_inference import add_backend_options, add_calibration_options
 
     add_backend_options(p)
+    add_calibration_options(p)
     p.add_argument("--workers", type=int, default=d.workers,
                    help="inference worker processes, each with its own copy of the model (default %(default)s)")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads,

@@ -24,7 +24,9 @@ class ServeSettings:
     device: str = "auto"                # "auto", "cpu" or "cuda"
     threads: int | None = None          # torch CPU threads in the worker; None = PyTorch's default
     backend: str = "auto"               # how the worker runs the model (pnasnet.inference.for_inference)
-    precision: str = "float32"          # "bfloat16": the reduced-precision path, explicitly
+    precision: str = "float32"          # "bfloat16" / "int8": reduced precision, explicitly
+    calibration: tuple[str, ...] = ()   # int8: images like the ones to be served (files, folders, globs)
+    calibration_count: int = 32         # int8: calibration images used, spread over the list
     workers: int = 1                    # inference worker processes (each holds a copy of the model)
     decode_threads: int = 2             # image-decoding threads inside each worker
     # --- network
@@ -67,9 +69,12 @@ class ServeSettings:
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         from ..inference import check_backend_choice
 
-        if self.precision == "int8":
-            raise ValueError("--precision int8 is not offered by serve yet (it needs calibration images); "
-                             "quantize with the Python API, or serve float32 / bfloat16")
+        if self.precision == "int8" and not self.calibration:
+            raise ValueError("--precision int8 needs --calibration PATH...: images like the ones to be served")
+        if self.calibration and self.precision != "int8":
+            raise ValueError("--calibration is for --precision int8")
+        if self.calibration_count < 1:
+            raise ValueError(f"--calibration-count must be positive, got {self.calibration_count}")
         try:
             check_backend_choice(self.backend, self.precision)
         except (ValueError, ImportError) as exc:
@@ -101,4 +106,11 @@ def prepare_served_model(model, settings: ServeSettings):
     from ..inference import for_inference
 
     size = settings.image_size or model.expected_image_size[0]
-    return for_inference(model, settings.backend, settings.precision, image_size=size, in_place=True)
+    calibration = None
+    if settings.precision == "int8":
+        from ..tasks.inference import load_calibration_images
+
+        calibration = load_calibration_images(list(settings.calibration), size, count=settings.calibration_count,
+                                              transform=settings.transform)
+    return for_inference(model, settings.backend, settings.precision, image_size=size, in_place=True,
+                         calibration=calibration)
