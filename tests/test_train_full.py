@@ -29,15 +29,7 @@ from train_images import make_texture_folder
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_slim" / "mobile_tiny" / "model.ckpt"
 HELPER = Path(__file__).parent / "train_interrupt_helper.py"
 CPU = torch.device("cpu")
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore::UserWarning"), pytest.mark.usefixtures("one_model_thread")]
 
 
 @pytest.fixture(scope="module")

@@ -127,7 +127,7 @@ def _load_model(args: argparse.Namespace):
         args.transform = recorded.get("transform", "tf-slim")
     if args.image_size is None:
         args.image_size = recorded.get("image_size")
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return model.to(device), described
 
 
@@ -150,14 +150,8 @@ def _progress(args: argparse.Namespace):
                 self.kept = True
                 keep_freed_memory()
 
-    on_cpu = (args.device or ("cuda" if _cuda_available() else "cpu")).startswith("cpu")
+    on_cpu = args.device.startswith("cpu")  # resolved by _load_model
     return (KeepMemoryAfterFirstBatch if on_cpu else TqdmProgress)(show_bar=not args.quiet)
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 def _expand(args: argparse.Namespace) -> list[str]:
@@ -245,12 +239,19 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     paths = _expand(args)
     model, _ = _load_model(args)
     progress = _progress(args)
+    return print_classifications(args, paths, progress, lambda: classify_paths(
+        model, paths, top_k=args.top_k, **_run_options(args, progress), **_backend_options(args, model)))
+
+
+def print_classifications(args: argparse.Namespace, paths: list[str], progress, results) -> int:
+    """Print ``results()`` (an iterable of Classification, made inside so that an interrupt while it
+    starts is handled too) in the style ``args`` asks for; the exit status of ``pnasnet classify``
+    (either engine)."""
     printer_class = _JsonLinesPrinter if args.json else _CsvPrinter if args.csv else _TablePrinter
     printer = printer_class(paths, progress.write)
     failed = 0
     try:
-        for result in classify_paths(model, paths, top_k=args.top_k, **_run_options(args, progress),
-                                     **_backend_options(args, model)):
+        for result in results():
             printer(result)
             failed += result.error is not None
     except KeyboardInterrupt:

@@ -5,7 +5,6 @@ print exactly what the local commands print and share their exit statuses."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from . import ENGINES
@@ -80,8 +79,7 @@ def cmd_features_ray(args: argparse.Namespace) -> int:
 
 
 def cmd_classify_ray(args: argparse.Namespace) -> int:
-    from ..cli_inference import (EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, _CsvPrinter, _JsonLinesPrinter,
-                                 _TablePrinter)
+    from ..cli_inference import print_classifications
     from ..tasks import TqdmProgress
     from .ray_data import classify_paths_ray, import_ray
 
@@ -92,20 +90,5 @@ def cmd_classify_ray(args: argparse.Namespace) -> int:
     paths = _inputs(args)
     model, _ = _driver_model(args)
     progress = TqdmProgress(show_bar=not args.quiet)
-    printer_class = _JsonLinesPrinter if args.json else _CsvPrinter if args.csv else _TablePrinter
-    printer = printer_class(paths, progress.write)
-    failed = 0
-    try:
-        for result in classify_paths_ray(model, paths, top_k=args.top_k, progress=progress, **_ray_options(args)):
-            printer(result)
-            failed += result.error is not None
-    except KeyboardInterrupt:
-        print("pnasnet: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    finally:
-        progress.close()
-    if failed:
-        print(f"pnasnet: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
-    return EXIT_SOME_FAILED if failed else EXIT_OK
+    return print_classifications(args, paths, progress, lambda: classify_paths_ray(
+        model, paths, top_k=args.top_k, progress=progress, **_ray_options(args)))

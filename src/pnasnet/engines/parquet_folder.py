@@ -35,6 +35,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from ..atomic_files import atomic_path, write_bytes_atomically
+from ..file_locks import lock_exclusively
 from ..tasks.formats import FeaturesOutput, output_for
 from ..tasks.inputs import printable_path
 from ..tasks.rows import RowBlock
@@ -48,11 +49,6 @@ MANIFEST = "_pnasnet.json"
 LOCK = "_lock"
 PART_PREFIX = "part-"
 PART_SUFFIX = ".parquet"
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 
 def part_schema(info: RunInfo):
@@ -194,14 +190,9 @@ class ParquetFolderOutput(FeaturesOutput):
         from ..tasks.chunks import OutputBusyError
 
         self.fs.create_dir(self.inner, recursive=True)
-        if not self.remote and fcntl is not None:
-            fd = os.open(self._full(LOCK), os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                raise OutputBusyError(f"another job is writing {self.location} (it holds {self._full(LOCK)})") from None
-            self._lock_fd = fd
+        if not self.remote:
+            self._lock_fd = lock_exclusively(self._full(LOCK), lambda: OutputBusyError(
+                f"another job is writing {self.location} (it holds {self._full(LOCK)})"))
         try:
             if overwrite:
                 for name in self.part_names():

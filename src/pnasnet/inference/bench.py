@@ -112,28 +112,30 @@ def wait_for_idle(limit: float, max_wait: float, say=print) -> dict:
             "loadavg": os.getloadavg()}
 
 
-def _peak_rss_mb() -> float:
+def _proc_status_mb(field: str) -> float | None:
+    """A ``kB`` line of /proc/self/status (VmHWM: peak resident memory, VmRSS: now) in MB."""
     try:
         with open("/proc/self/status") as handle:
             for line in handle:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def _peak_rss_mb() -> float:
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+    now = _proc_status_mb("VmRSS")
+    return float("nan") if now is None else now
 
 
 def _malloc_trim() -> None:

@@ -226,31 +226,10 @@ class FusedForward:
         return torch.cat([path1, path2], dim=1)
 
     # ----------------------------------------------------------------------------- network
-    def release_dense_weights(self) -> int:
-        """After a forward pass has packed the weights (oneDNN's blocked layouts), drop the plain
-        copies from the network so the weights are held once; returns the bytes freed. The
-        network's own forward cannot run afterwards (this runner still can, at any size)."""
-        return sum(self._release(c) for c in self._all_convs() if c.packed is not None)
-
-    def _release(self, c: _Conv) -> int:
-        if c.weight is None or not c.weight.numel():
-            return 0
-        freed = c.weight.numel() * c.weight.element_size()
+    @staticmethod
+    def _release(c: _Conv) -> None:
+        """Drop a packed convolution's plain weight (the network's own forward cannot run after)."""
         c.weight.data = torch.empty(0, dtype=c.weight.dtype)
-        self.net.dense_weights_released = True
-        return freed
-
-    def _all_convs(self):
-        yield self.conv0
-        for plan in self.cells:
-            for key in ("conv_1x1", "path1", "path2", "prev_1x1"):
-                if key in plan:
-                    yield plan[key]
-            for sides in plan["blocks"]:
-                for kind, _, _, convs in sides:
-                    if convs is None:
-                        continue
-                    yield from (convs if kind == "sep" else (convs,))
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         """Feature vector of float images in [0, 1] (checked and rescaled as the model does)."""

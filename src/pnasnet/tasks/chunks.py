@@ -25,6 +25,7 @@ from typing import Iterator
 import numpy as np
 
 from ..atomic_files import atomic_path, fsync_dir, write_bytes_atomically
+from ..file_locks import lock_exclusively
 from .rows import RowBlock
 from .run_info import RunInfo
 
@@ -33,11 +34,6 @@ __all__ = ["ChunkFolder", "OutputBusyError"]
 _MANIFEST = "manifest.json"
 _STAGED = "staged"
 _CHUNK_GLOB = "chunk-*.npz"
-
-try:  # POSIX advisory lock; elsewhere there is no protection against two concurrent runs
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 
 class OutputBusyError(RuntimeError):
@@ -93,15 +89,8 @@ class ChunkFolder:
             _remove(self.folder)
 
     def _lock(self) -> None:
-        if fcntl is None:
-            return  # pragma: no cover
-        fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise OutputBusyError(f"another run is writing {self.folder} (it holds {self.folder / 'lock'})") from None
-        self._lock_fd = fd
+        self._lock_fd = lock_exclusively(self.folder / "lock", lambda: OutputBusyError(
+            f"another run is writing {self.folder} (it holds {self.folder / 'lock'})"))
 
     def close(self) -> None:
         if self._lock_fd is not None:

@@ -22,11 +22,7 @@ from typing import Any
 import torch
 
 from ..atomic_files import atomic_path
-
-try:  # POSIX advisory lock
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
+from ..file_locks import lock_exclusively
 
 __all__ = ["CHECKPOINT_FILE", "CheckpointMismatchError", "ModelDirBusyError", "ModelDirLock", "check_identity",
            "load_checkpoint", "save_checkpoint"]
@@ -105,16 +101,10 @@ class ModelDirLock:
 
     def __enter__(self) -> "ModelDirLock":
         self.folder.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:  # pragma: no cover
-            return self
-        fd = os.open(self.folder, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ModelDirBusyError(f"another training run is writing {self.folder}") from None
-        self._fd = fd
-        _HELD_LOCK_FDS.add(fd)
+        self._fd = lock_exclusively(self.folder, lambda: ModelDirBusyError(
+            f"another training run is writing {self.folder}"), create=False)
+        if self._fd is not None:
+            _HELD_LOCK_FDS.add(self._fd)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -119,18 +119,22 @@ class FineTuner:
                 aux_logits, labels, self.options.label_smoothing)
         return total, loss.detach(), logits.detach()
 
+    def _begin_step(self, images: torch.Tensor, labels: torch.Tensor,
+                    global_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Set this step's learning rates, clear the gradients, move the batch to the device."""
+        lr = self.learning_rate(global_step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_multiplier"]
+        self.optimizer.zero_grad(set_to_none=True)
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
     def step(self, images: torch.Tensor, labels: torch.Tensor, global_step: int,
              global_batch: int | None = None) -> tuple[float, int]:
         """One optimizer step on a batch; returns (summed main loss over the images, correct count).
         [distributed] ``images`` is this process's share of a batch of ``global_batch`` images."""
         if self.ddp is not None:
             return self._distributed_step(images, labels, global_step, global_batch or len(labels))
-        lr = self.learning_rate(global_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_multiplier"]
-        self.optimizer.zero_grad(set_to_none=True)
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+        images, labels = self._begin_step(images, labels, global_step)
         loss_sum, correct = 0.0, 0
         for part_images, part_labels in zip(images.tensor_split(self.options.accumulation_steps),
                                             labels.tensor_split(self.options.accumulation_steps)):
@@ -152,12 +156,7 @@ class FineTuner:
         global batch times the world size (DDP divides the summed gradients by the world size);
         gradients synchronised on the last micro-batch only; the L2 term added once per process
         (averaged by DDP to itself)."""
-        lr = self.learning_rate(global_step)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_multiplier"]
-        self.optimizer.zero_grad(set_to_none=True)
-        images = images.to(self.device, non_blocking=True)
-        labels = labels.to(self.device, non_blocking=True)
+        images, labels = self._begin_step(images, labels, global_step)
         parts = list(zip(images.tensor_split(self.options.accumulation_steps),
                          labels.tensor_split(self.options.accumulation_steps)))
         fc = self.model.final_layer.FC
