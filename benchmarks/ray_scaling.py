@@ -172,7 +172,8 @@ def main() -> int:
             for engine in ("local", "ray"):
                 out = work / f"cli_{engine}" if engine == "ray" else work / "cli_local.parquet"
                 command = [sys.executable, "-m", "pnasnet", "features", str(paths_dir), "--out", str(out),
-                           "--model", "pnasnet5_mobile", "--batch-size", "16", "-q", "--engine", engine]
+                           "--model", "pnasnet5_mobile", "--weights", "none", "--batch-size", "16", "-q",
+                           "--engine", engine]
                 if args.quiet_load:
                     wait_for_quiet(args.quiet_load, args.max_wait)
                 load = load_average()

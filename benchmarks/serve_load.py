@@ -97,7 +97,8 @@ def run_configuration(args, max_batch: int, concurrency: int, body: bytes, log_d
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="pnasnet5_mobile")
-    parser.add_argument("--weights", help="default: random weights (speed does not depend on them)")
+    parser.add_argument("--weights", default="none",
+                        help="default: none = random weights (speed does not depend on them)")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--threads", type=int, help="torch threads in the inference worker")
     parser.add_argument("--requests", type=int, default=200, help="requests per configuration (default 200)")

@@ -1,9 +1,9 @@
 """A small threaded HTTP server on 127.0.0.1 for the download tests.
 
-It serves byte strings with ``Range``/``If-Range`` support, logs every request, and can be told to
-misbehave: drop the connection after K body bytes (once), ignore ``Range`` (answer 200), answer
-206 with a range other than the one asked for, fail with a given status, send slowly, or hold the
-body back until the test releases it.
+It serves byte strings with ``Range``/``If-Range`` support, logs every request, answers redirects
+set up with ``redirect``, and can be told to misbehave: drop the connection after K body bytes (once,
+or on every response), ignore ``Range`` (answer 200), answer 206 with a range other than the one asked
+for, fail with a given status, send slowly, or hold the body back until the test releases it.
 """
 
 from __future__ import annotations
@@ -33,10 +33,12 @@ class FixtureServer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
         self.etags: dict[str, str] = {}
+        self.redirects: dict[str, tuple[int, str]] = {}
         self.requests: list[Seen] = []
         self.body_bytes_sent = 0
         # Misbehaviours, set by the tests:
         self.drop_after: int | None = None      # close the next response after this many body bytes
+        self.drop_every: int | None = None      # close every response after this many body bytes
         self.ignore_range = False               # answer 200 with the whole file even to a Range request
         self.misreport_range = False            # answer 206 with the whole file, whatever was asked
         self.status: int | None = None          # answer every request with this error status
@@ -68,7 +70,17 @@ class FixtureServer:
         """Serve ``data`` at ``/name`` (with a new ETag) and return its URL."""
         self.files[name] = data
         self.etags[name] = '"' + hashlib.sha256(data).hexdigest()[:16] + '"'
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return f"{self.base}/{name}"
+
+    @property
+    def base(self) -> str:
+        """``http://127.0.0.1:PORT``, to put in place of a real host's ``https://name``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def redirect(self, name: str, status: int, location: str) -> str:
+        """Answer ``/name`` with ``status`` (301, 302, 307...) pointing at ``location``; returns its URL."""
+        self.redirects[name] = (status, location)
+        return f"{self.base}/{name}"
 
     def gets(self, name: str) -> list[Seen]:
         return [seen for seen in self.requests if seen.path == "/" + name]
@@ -96,6 +108,13 @@ class _Handler(BaseHTTPRequestHandler):
         seen = Seen(self.path, self.headers.get("Range"), self.headers.get("If-Range"))
         fixture._log(seen)
         name = self.path.lstrip("/")
+        if fixture.status is None and name in fixture.redirects:
+            seen.status, location = fixture.redirects[name]
+            self.send_response(seen.status)
+            self.send_header("Location", location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if fixture.status is not None or name not in fixture.files:
             seen.status = fixture.status or 404
             self.send_error(seen.status)
@@ -137,6 +156,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fixture.gate is not None:
             fixture.gate.wait(timeout=30)
         drop = fixture._take_drop_after()
+        if fixture.drop_every is not None:
+            drop = fixture.drop_every if drop is None else min(drop, fixture.drop_every)
         limit = len(body) if drop is None else min(drop, len(body))
         try:
             for offset in range(0, limit, fixture.chunk_size):

@@ -28,7 +28,7 @@ import pyarrow  # noqa: F401
 from inference_images import write_mixed_folder, write_photos, write_small_crops  # noqa: E402
 from inference_outputs import assert_same_vectors, read_output  # noqa: E402
 
-SMALL = ["--model", "pnasnet5_mobile", "--image-size", "64", "--workers", "0"]
+SMALL = ["--model", "pnasnet5_mobile", "--weights", "none", "--image-size", "64", "--workers", "0"]
 
 
 pytestmark = pytest.mark.usefixtures("one_model_thread")
@@ -43,7 +43,7 @@ def photo_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model():
-    torch.manual_seed(0)  # what the CLI does without --weights (--seed 0)
+    torch.manual_seed(0)  # what the CLI does with --weights none (--seed 0)
     return pnasnet.create_model("pnasnet5_mobile")
 
 
@@ -77,7 +77,7 @@ def test_classify_json_lines_carry_the_top_k_labels(capsys, photo_dir, model):
         # log-probabilities within twice that
         np.testing.assert_allclose(np.log([t["probability"] for t in record["top_k"]]),
                                    np.log([p for *_, p in expected]), rtol=0, atol=2e-4 * _logit_scale(model, paths))
-    assert "no --weights given" in err
+    assert "note: --weights none: using random initialisation (seed 0)" in err
 
 
 def test_classify_csv_and_table(capsys, photo_dir, model, tmp_path):
@@ -85,7 +85,7 @@ def test_classify_csv_and_table(capsys, photo_dir, model, tmp_path):
     bad.write_text("text")
     paths = expand_inputs([photo_dir])
     code, out, err = _run(capsys, "classify", photo_dir, bad, *SMALL, "--csv", "-q")
-    assert code == 1 and f"cannot read {bad}" in err and "no --weights" not in err
+    assert code == 1 and f"cannot read {bad}" in err and "note: --weights none" not in err
     rows = list(csv.DictReader(io.StringIO(out)))
     assert list(rows[0]) == ["path", "rank", "index", "label", "probability", "error"]
     assert [r["path"] for r in rows] == [p for p in paths for _ in range(5)] + [str(bad)]
@@ -105,7 +105,7 @@ def test_classify_csv_and_table(capsys, photo_dir, model, tmp_path):
 @pytest.mark.parametrize("args", [
     ["classify", "{empty}", *SMALL],                           # no images found
     ["classify", "{photos}", *SMALL, "--top-k", "0"],
-    ["classify", "{photos}", "--model", "pnasnet5_mobile_feature_vector", "--workers", "0"],
+    ["classify", "{photos}", "--model", "pnasnet5_mobile_feature_vector", "--weights", "none", "--workers", "0"],
     ["features", "{photos}", *SMALL, "--out", "{tmp}/feats.csv"],  # unknown output format
     ["features", "{photos}", *SMALL, "--out", "{tmp}/f.npy", "--backend", "plain", "--precision", "bfloat16"],
     ["classify", "{photos}", *SMALL, "--backend", "onnxruntime", "--precision", "bfloat16"],
@@ -166,6 +166,7 @@ def test_features_cli_equals_api_and_reports_every_bad_file(capsys, tmp_path, mo
 
 @pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in ("openvino", "nncf", "onnx", "onnxscript")),
                     reason="int8 needs pnasnet[int8] (openvino, nncf)")
+@pytest.mark.cpu_dependent
 def test_int8_on_request_with_calibration_images(capsys, tmp_path, photo_dir, model):
     out = tmp_path / "f.parquet"
     code, _, err = _run(capsys, "features", photo_dir, *SMALL, "--out", out, "--precision", "int8",
@@ -187,7 +188,7 @@ def test_int8_on_request_with_calibration_images(capsys, tmp_path, photo_dir, mo
 def test_features_resume_after_sigkill(capsys, tmp_path):
     images = write_small_crops(tmp_path / "in", 60)
     out = tmp_path / "feats.npy"
-    args = ["features", str(tmp_path / "in"), "--out", str(out), "--model", "pnasnet5_mobile",
+    args = ["features", str(tmp_path / "in"), "--out", str(out), "--model", "pnasnet5_mobile", "--weights", "none",
             "--image-size", "64", "--batch-size", "1", "--chunk-size", "2", "--workers", "1", "--threads", "1"]
     # a session of its own, so the kill reaches the decoding worker too and nothing is left behind
     run = subprocess.Popen([sys.executable, "-m", "pnasnet", *args, "-q"], stdout=subprocess.DEVNULL,

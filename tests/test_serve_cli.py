@@ -62,6 +62,7 @@ def test_the_core_library_does_not_import_the_serving_stack():
 
 @pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in ("openvino", "nncf", "onnx", "onnxscript")),
                     reason="int8 needs pnasnet[int8] (openvino, nncf)")
+@pytest.mark.cpu_dependent
 def test_an_int8_worker_calibrates_on_the_given_images(tmp_path):
     from inference_images import write_small_crops
     from serve_server import TINY_CHECKPOINT

@@ -28,8 +28,9 @@ JPEG = {"Content-Type": "image/jpeg"}
 def server(tmp_path_factory):
     log = tmp_path_factory.mktemp("serve_limits") / "server.log"
     # --backend plain: the slower form of the model, so that requests pile up (the premise here)
-    args = ["--model", "pnasnet5_mobile", "--backend", "plain", "--max-batch-size", 2, "--max-wait-ms", 10, "--threads", 1,
-            "--max-queue", MAX_QUEUE, "--timeout", TIMEOUT_S, "--max-files", 96, "--log-level", "warning"]
+    args = ["--model", "pnasnet5_mobile", "--weights", "none", "--backend", "plain", "--max-batch-size", 2,
+            "--max-wait-ms", 10, "--threads", 1, "--max-queue", MAX_QUEUE, "--timeout", TIMEOUT_S, "--max-files", 96,
+            "--log-level", "warning"]
     with ServerProcess(args, log) as process:
         yield process
 

@@ -2,7 +2,8 @@
 image-classification and feature-vector signatures.
 
     import pnasnet, torch
-    model = pnasnet.create_model("pnasnet5_large")          # eval mode; weights=... to load
+    model = pnasnet.create_model("pnasnet5_large", pretrained=True)  # TF-Slim weights (downloaded once)
+    model = pnasnet.create_model("pnasnet5_large")          # random weights; weights=... to load others
     logits = model.classify(torch.rand(2, 3, 331, 331))     # [2, 1001], 0 = background
     feats = model.features(torch.rand(2, 3, 331, 331))      # [2, 4320]
     x = pnasnet.load_images(["cat.jpg"], size=331)          # decode + TF-Slim eval transform

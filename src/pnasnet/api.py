@@ -45,21 +45,60 @@ def _classes_for(variant: Variant, source_classes: int | None, requested: int | 
     return variant.num_classes if source_classes == 1000 else source_classes
 
 
+# What ``pretrained=True`` loads, and what the commands load without ``--weights``: the published
+# TF-Slim weights of the variant (the registry in ``weights.sources`` maps it per variant).
+PRETRAINED = "tf-slim"
+
+
+def source_name(weights: str | os.PathLike) -> str | None:
+    """``weights`` as a registry source name ("tf-slim", "pnasnet5_mobile:tf-slim"), or None when it
+    is (or can only be) a local path: an existing file or folder, or anything with a dot or a slash."""
+    path = Path(weights).expanduser()
+    if path.exists() or Path(str(path) + ".index").exists():
+        return None
+    text = str(weights)
+    return text if "/" not in text and os.sep not in text and "." not in text else None
+
+
 def resolve_weights(name: str, weights: str | os.PathLike, *, progress: bool = True) -> Path:
     """A local path as it is, or a registry source name fetched into the cache."""
+    source = source_name(weights)
+    if source is not None:
+        from .weights.sources import fetch, find_source
+
+        return fetch(find_source(name, source), progress=progress)
     path = Path(weights).expanduser()
     if path.exists() or Path(str(path) + ".index").exists():
         return path
-    text = str(weights)
-    if "/" not in text and os.sep not in text and "." not in text:
-        from .weights.sources import fetch, find_source
-
-        return fetch(find_source(name, text), progress=progress)
     raise FileNotFoundError(f"{weights}: no such file, folder or checkpoint prefix")
 
 
+def is_model_dir(name: str) -> bool:
+    """Whether ``name`` (a ``create_model`` name) is a model directory or file of this package
+    rather than a variant or "auto"."""
+    return name not in VARIANTS and name != "auto" and Path(name).expanduser().exists()
+
+
+def _pretrained_weights(name: str, weights, pretrained: bool):
+    """``weights`` as ``create_model`` loads them, given ``pretrained``."""
+    if isinstance(weights, bool):
+        raise TypeError(f"weights={weights} is not a weights source; for the published weights write "
+                        f"pretrained=True (or weights={PRETRAINED!r}), for random ones leave weights out")
+    if not pretrained:
+        return weights
+    if weights is not None and str(weights) != PRETRAINED:
+        raise ValueError(f"pretrained=True loads weights={PRETRAINED!r} (the published TF-Slim weights); it "
+                         f"cannot be combined with weights={str(weights)!r}: pass one or the other")
+    if name == "auto":
+        raise ValueError("model 'auto' takes its configuration from the weights: pass weights= "
+                         "(pretrained=True names no variant to take the published weights of)")
+    if is_model_dir(name):
+        return weights  # a model directory is loaded with its own (trained) weights
+    return PRETRAINED
+
+
 def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None = None, *,
-                 num_classes: int | None = None, aux_head: bool = False,
+                 pretrained: bool = False, num_classes: int | None = None, aux_head: bool = False,
                  batch_norm_decay: float = DEFAULT_BN_DECAY, drop_path_keep_prob: float | None = None,
                  dropout_keep_prob: float | None = None, prefer_moving_averages: bool = False,
                  progress: bool = True) -> PNASNet:
@@ -69,18 +108,25 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
         name: one of ``list_models()`` (``*_feature_vector`` variants have no final layer),
             "auto" to build whatever configuration the weights were made for (a converted custom
             or reduced model, a fine-tuned head), or a model directory (``pnasnet train --out``).
-        weights: None for random initialisation; a known source ("tf-slim", "tf-hub", "timm",
-            "cadene"; downloaded once into the cache and verified); or a local file or folder of any
-            supported form: TF-Slim checkpoint (prefix, ``.index`` or folder), release tarball,
-            TF1 hub module (folder or tarball), Cadene/timm ``.pth``/``.safetensors``, or this
-            package's ``.safetensors``.
+        weights: None for random initialisation (unless ``pretrained``); a known source
+            ("tf-slim", "tf-hub", "timm", "cadene"; downloaded once into the cache and verified); or
+            a local file or folder of any supported form: TF-Slim checkpoint (prefix, ``.index`` or
+            folder), release tarball, TF1 hub module (folder or tarball), Cadene/timm
+            ``.pth``/``.safetensors``, or this package's ``.safetensors``.
+        pretrained: True loads the published TF-Slim weights of the variant, as timm's
+            ``pretrained=True`` does: exactly ``weights="tf-slim"`` (the same download, cache and
+            checks). Combined with ``weights=``, only ``weights="tf-slim"`` is accepted (anything
+            else raises ValueError); with "auto" it is an error (no variant to take the weights
+            of); a model directory keeps its own weights. False (default): ``weights`` decides,
+            and without them the weights are random.
         num_classes: classes of the final layer (0 = feature vector). By default the variant's
             1001; a 1000-class source (timm) then gets an untrained background row 0, while
             ``num_classes=1000`` keeps its 1000-class head; a custom head is taken as it is.
         aux_head, batch_norm_decay, drop_path_keep_prob, dropout_keep_prob: see ``PNASNet``.
         prefer_moving_averages: load ``ExponentialMovingAverage`` shadows where the checkpoint has them.
     """
-    if name not in VARIANTS and name != "auto" and Path(name).expanduser().exists():
+    weights = _pretrained_weights(name, weights, pretrained)
+    if is_model_dir(name):
         return load_model_dir(name, weights=weights, num_classes=num_classes, aux_head=aux_head,
                               batch_norm_decay=batch_norm_decay, drop_path_keep_prob=drop_path_keep_prob,
                               dropout_keep_prob=dropout_keep_prob)

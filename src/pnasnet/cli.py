@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed: not an error
         sys.stderr.close()
         return 0
+    except KeyboardInterrupt:  # e.g. during a weights download (the next run resumes it)
+        print("pnasnet: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as error:
         print(f"pnasnet: error: {error}", file=sys.stderr)
         return 2

@@ -1,15 +1,18 @@
 """Command line: ``pnasnet classify`` and ``pnasnet features`` (argument parsing and printing only;
 the work is done by :mod:`pnasnet.tasks`).
 
+Weights: without ``--weights``, a variant's published TF-Slim weights (downloaded once, cached,
+verified; see :mod:`pnasnet.cli_model`); ``--weights none`` for random ones.
+
 Exit status: 0 when every input was read, 1 when some could not be (each reported on stderr and
-in the output), 2 on usage errors (bad options, no inputs, an output made by another run), 130
-when interrupted (``features`` then resumes when run again).
+in the output), 2 on usage errors (bad options, no inputs, an output made by another run) and
+weights that cannot be had (offline, say), 130 when interrupted (``features`` then resumes when
+run again).
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 import csv
 import json
 import os
@@ -24,6 +27,7 @@ _INPUTS_HELP = ("image files, directories (searched recursively for image extens
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
+    from .cli_model import SEED_HELP, WEIGHTS_HELP
     from .data import DEFAULT_MAX_PIXELS
     from .tasks import TRANSFORMS
     from .tasks.inference import DEFAULT_BATCH_SIZE
@@ -32,9 +36,8 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="pnasnet5_large", help="variant (see `pnasnet models`; default %(default)s), "
                                                           "'auto' (configuration from --weights), or a model directory "
                                                           "made by `pnasnet train`")
-    parser.add_argument("--weights", help="weights: a known source name or a local checkpoint/file "
-                                          "(default: random initialisation, for testing only)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation without --weights")
+    parser.add_argument("--weights", help=WEIGHTS_HELP)
+    parser.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     parser.add_argument("--transform", choices=sorted(TRANSFORMS),
                         help="preprocessing: tf-slim = central crop 0.875 + bilinear resize, as the published "
                              "accuracy was measured (default; for a model directory, what it was trained with); "
@@ -104,24 +107,23 @@ def _load_model(args: argparse.Namespace):
     import torch
 
     from .api import create_model
+    from .cli_model import choose_weights, download_advice
     from .inference import check_backend_choice
 
     check_backend_choice(args.backend, args.precision)  # before the weights are loaded
     if args.precision == "int8" and not getattr(args, "calibration", None) and args.engine != "ray":
         raise ValueError("--precision int8 needs --calibration PATH...: images like the ones to be processed")
+    choice = choose_weights(args.model, args.weights, seed=args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.weights is None and Path(args.model).exists():
-        described = f"model directory {args.model}"
-    elif args.weights is None:
+    if choice.random:
         torch.manual_seed(args.seed)
-        described = f"random initialisation (seed {args.seed})"
         if not args.quiet:
-            print(f"pnasnet: note: no --weights given, using {described}: the outputs mean nothing",
+            print(f"pnasnet: note: --weights none: using {choice.described}: the outputs mean nothing",
                   file=sys.stderr)
-    else:
-        described = str(args.weights)
-    model = create_model(args.model, weights=args.weights)
+    with download_advice():  # without --weights: the TF-Slim release, downloaded once (offline: fails here)
+        model = create_model(args.model, weights=choice.weights, progress=not args.quiet)
+    described = choice.described
     recorded = getattr(model, "preprocessing", {})  # a model directory's transform and size
     if args.transform is None:
         args.transform = recorded.get("transform", "tf-slim")
@@ -275,6 +277,9 @@ def _cmd_features(args: argparse.Namespace) -> int:
     if args.engine == "ray":
         from .engines.cli import cmd_features_ray
         return cmd_features_ray(args)
+    from .tasks.formats import output_for
+
+    output_for(args.out)  # an unknown output format is refused before the weights are fetched
     paths = _expand(args)
     model, described = _load_model(args)
     try:

@@ -20,21 +20,35 @@ def _api_key(args: argparse.Namespace) -> str | None:
     return os.environ.get(API_KEY_ENV) or None
 
 
-def _weights_path(args: argparse.Namespace) -> str | None:
-    """A known source name is downloaded (once, with progress) here, before the workers start."""
-    if args.weights is None or Path(args.model).expanduser().exists():
-        return args.weights
-    from .api import resolve_weights
+def _weights(args: argparse.Namespace):
+    """The weights for the settings, the source to download before the workers start (or None), and
+    the choice they come from. Local paths are checked here; a source name (the default: the
+    variant's TF-Slim release) is fetched once the settings are accepted (``announce``), and the
+    workers then find it in the cache."""
+    from .api import is_model_dir, resolve_weights, source_name
+    from .cli_model import choose_weights
 
-    name = "pnasnet5_large" if args.model == "auto" else args.model
-    return str(resolve_weights(name, args.weights))
+    choice = choose_weights(args.model, args.weights, seed=args.seed)
+    weights, download = choice.weights, None
+    if weights is not None and not is_model_dir(args.model):
+        if source_name(weights) is None:
+            weights = str(resolve_weights(_source_model(args), weights))  # FileNotFoundError now
+        else:
+            download = weights
+    return weights, download, choice
+
+
+def _source_model(args: argparse.Namespace) -> str:
+    return "pnasnet5_large" if args.model == "auto" else args.model
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from .cli_model import download_advice
     from .serve import ServeSettings, run_server
 
+    weights, download, choice = _weights(args)
     settings = ServeSettings(
-        model=args.model, weights=_weights_path(args), seed=args.seed, image_size=args.image_size,
+        model=args.model, weights=weights, seed=args.seed, image_size=args.image_size,
         transform=args.transform, device=args.device, threads=args.threads, backend=args.backend,
         precision=args.precision, calibration=tuple(args.calibration or ()),
         calibration_count=args.calibration_count, workers=args.workers,
@@ -45,8 +59,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     settings.check()
 
     def announce():
-        if args.weights is None and not Path(args.model).exists():
-            print(f"pnasnet: note: no --weights given, serving {settings.describe_weights()}: the outputs mean "
+        if download is not None:
+            # once, with progress, before the workers start (offline: fails here, in seconds)
+            from .api import resolve_weights
+
+            with download_advice():
+                resolve_weights(_source_model(args), download)
+        if choice.random:
+            print(f"pnasnet: note: --weights none: serving {settings.describe_weights()}: the outputs mean "
                   "nothing", file=sys.stderr)
         host = f"[{args.host}]" if ":" in args.host else args.host
         print(f"pnasnet: serving {args.model} on http://{host}:{args.port} (engine {args.engine}; batches of up to "
@@ -65,6 +85,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
+    from .cli_model import SEED_HELP, WEIGHTS_HELP
     from .data import DEFAULT_MAX_PIXELS
     from .serve import ENGINES
     from .serve.settings import MIB, ServeSettings
@@ -76,9 +97,8 @@ def add_serve_commands(sub: argparse._SubParsersAction) -> None:
                                    "SIGTERM or Ctrl+C finishes the requests in flight, then stops.")
     p.add_argument("--model", default=d.model, help="variant, 'auto' (configuration from --weights) or a model "
                                                     "directory made by `pnasnet train` (default %(default)s)")
-    p.add_argument("--weights", help="a known source name or a local checkpoint/file (default: random weights, "
-                                     "for testing only)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the random weights without --weights")
+    p.add_argument("--weights", help=WEIGHTS_HELP)
+    p.add_argument("--seed", type=int, default=d.seed, help=SEED_HELP)
     p.add_argument("--image-size", type=int, help="side of the model input (default: the model's, 331 / 224)")
     p.add_argument("--transform", choices=("tf-slim", "resize"), default=d.transform,
                    help="preprocessing (default %(default)s: central crop 0.875 + bilinear, the published accuracy)")

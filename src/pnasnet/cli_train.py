@@ -15,15 +15,15 @@ import sys
 EXIT_OK, EXIT_BELOW_ACCURACY, EXIT_INTERRUPTED = 0, 1, 130
 
 
-def _weights_argument(text: str) -> str | None:
-    return None if text.lower() in ("none", "random") else text
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from .cli_model import choose_weights, download_advice
     from .training import ConsoleReporter, TrainingInterrupted, TrainOptions, train
 
+    # without --weights: the variant's TF-Slim release (a model directory: its own weights);
+    # downloaded inside train() before any image is decoded (offline: fails there, in seconds)
+    choice = choose_weights(args.model, args.weights, seed=args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.assert_accuracy_at_least is not None and args.validation_fraction == 0:
@@ -38,11 +38,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         drop_path_keep_prob=args.drop_path_keep_prob, accumulation_steps=args.accumulation_steps,
         bfloat16=args.bfloat16, sync_batch_norm=args.sync_batch_norm, workers=args.workers, device=args.device,
         inference_batch_size=args.inference_batch_size, cache_dir=args.cache_dir)
-    weights = _weights_argument(args.weights) if args.weights is not None else (
-        "tf-slim" if args.model.startswith("pnasnet5_") else None)
     try:
-        result = train(args.image_dir, args.out, model=args.model, weights=weights, options=options,
-                       overwrite=args.overwrite, reporter=ConsoleReporter(show_bar=not args.quiet))
+        with download_advice():
+            result = train(args.image_dir, args.out, model=args.model, weights=choice.weights, options=options,
+                           overwrite=args.overwrite, reporter=ConsoleReporter(show_bar=not args.quiet))
     except TrainingInterrupted as stopped:
         print(f"pnasnet: interrupted: {stopped}", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -80,8 +79,9 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="pnasnet5_large",
                    help="variant to start from (see `pnasnet models`; default %(default)s), 'auto' (configuration "
                         "from --weights) or a model directory trained before")
-    p.add_argument("--weights", help="weights to start from: a known source or a local file (default tf-slim for "
-                                     "a variant; 'none' = random initialisation)")
+    p.add_argument("--weights", help="weights to start from: a known source or a local file (default: the "
+                                     "variant's published TF-Slim weights, downloaded once; a model directory's own); "
+                                     "'none' = random initialisation")
     p.add_argument("--mode", choices=["head", "full"], default=d.mode,
                    help="head: train a new final layer on cached feature vectors (fast, default); "
                         "full: fine-tune the whole network")

@@ -16,7 +16,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
         state = "cached" if cached_path(source).is_file() else "not downloaded"
         classes = source.num_classes if source.num_classes is not None else "no final layer"
         print(f"{source.name:8s} {', '.join(source.models):45s} {state:15s} classes: {classes}")
-        print(f"         {source.description}\n         {source.url}")
+        print(f"         {source.description}")
+        # Mirrors in the order they are tried; plain http is flagged (the file is still checked).
+        for url in source.urls:
+            note = "  (plain http, not encrypted)" if url.lower().startswith("http://") else ""
+            print(f"         {url}{note}")
+        if source.hub_file is not None:
+            print(f"         (used from the Hugging Face cache when there: {source.hub_file.repo_id} "
+                  f"at revision {source.hub_file.revision[:12]})")
     return 0
 
 

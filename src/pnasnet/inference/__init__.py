@@ -17,9 +17,10 @@ convolutions, channels-last); ``export_onnx`` writes the ONNX graph. Optional pa
 OpenVINO, onnx/onnxscript) are imported only by the back ends that need them.
 """
 
-from .backends import (BACKEND_CHOICES, BACKENDS, PRECISIONS, InferenceModel, auto_backend, available_backends,
-                       backend_unavailable, check_backend_choice, cpu_has_bf16, for_inference, keep_freed_memory,
-                       optimize)
+from .backends import (BACKEND_CHOICES, BACKENDS, PRECISIONS, InferenceModel, PrecisionUnavailableError,
+                       auto_backend, available_backends, backend_unavailable, check_backend_choice, cpu_has_bf16,
+                       for_inference, keep_freed_memory, optimize, precision_unavailable)
+from .cpu import CpuSupport, cpu_support
 from .fold import fold_batch_norms, fold_conv_bn, to_channels_last
 
 
@@ -30,5 +31,7 @@ def export_onnx(*args, **kwargs):
     return _export_onnx(*args, **kwargs)
 
 
-__all__ = ["BACKEND_CHOICES", "BACKENDS", "auto_backend", "check_backend_choice", "for_inference", "PRECISIONS", "InferenceModel", "available_backends", "backend_unavailable",
-           "cpu_has_bf16", "export_onnx", "keep_freed_memory", "fold_batch_norms", "fold_conv_bn", "optimize", "to_channels_last"]
+__all__ = ["BACKEND_CHOICES", "BACKENDS", "PRECISIONS", "CpuSupport", "InferenceModel", "PrecisionUnavailableError",
+           "auto_backend", "available_backends", "backend_unavailable", "check_backend_choice", "cpu_has_bf16",
+           "cpu_support", "export_onnx", "fold_batch_norms", "fold_conv_bn", "for_inference", "keep_freed_memory",
+           "optimize", "precision_unavailable", "to_channels_last"]

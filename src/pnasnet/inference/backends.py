@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from ..model.network import PNASNet, check_images
+from .cpu import CpuSupport, cpu_support
 from .fold import fold_batch_norms, to_channels_last
 from .fused import FusedForward, plain_body
 
@@ -54,14 +55,40 @@ _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 # --------------------------------------------------------------------------------------- discovery
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated
-    and slower than float32."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            flags = handle.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16, AMX or Arm BF16); elsewhere bf16 is
+    emulated (AVX-512) and slower than float32, or not available at all (AVX2)."""
+    return cpu_support().bf16_native
+
+
+class PrecisionUnavailableError(ValueError):
+    """A precision this CPU (or this back end on this CPU) cannot compute; says why and what to use."""
+
+
+def precision_unavailable(backend: str, precision: str, support: CpuSupport | None = None) -> str | None:
+    """None if ``backend`` can run ``precision`` on this CPU class, else why not and the alternatives.
+
+    - bfloat16 in PyTorch (eager, compile) needs oneDNN's bf16 convolutions: AVX-512 (BW/VL/DQ),
+      AVX-NE-CONVERT or AMX on x86, BF16 on Arm. Without them PyTorch fails inside oneDNN.
+    - bfloat16 in OpenVINO needs native bf16 (AVX512-BF16 or AMX): elsewhere OpenVINO silently runs
+      float32, so the run would be labelled bfloat16 while computing float32.
+    - int8 runs everywhere OpenVINO runs; without VNNI it is quantized with NNCF's overflow fix
+      (see :mod:`pnasnet.inference.int8`).
+    """
+    support = support or cpu_support()
+    if precision != "bfloat16":
+        return None
+    alternatives = ("use --precision float32 (exact, the default), or --precision int8 --calibration ... "
+                    "(OpenVINO; about 2x float32 with VNNI)")
+    if backend == "openvino" and not support.bf16_native:
+        return (f"OpenVINO computes bfloat16 only on CPUs with AVX512-BF16 or AMX (elsewhere it silently "
+                f"computes float32); this CPU: {support.describe()}. Use backend eager for emulated bfloat16 "
+                f"where AVX-512 exists, or {alternatives}")
+    if backend in ("eager", "compile", "auto") and not support.bf16_runs:
+        needs = ("AVX-512 (BW, VL, DQ), AVX-NE-CONVERT or AMX" if support.is_x86 else "the Arm BF16 extension")
+        return (f"bfloat16 needs a CPU with {needs}: PyTorch's oneDNN bfloat16 convolutions exist only there, "
+                f"and are faster than float32 only with AVX512-BF16 or AMX; this CPU: {support.describe()}. "
+                f"{alternatives[0].upper()}{alternatives[1:]}")
+    return None
 
 
 def backend_unavailable(backend: str) -> str | None:
@@ -215,7 +242,10 @@ class CompiledModel(EagerModel):
         def body(x: torch.Tensor) -> torch.Tensor:
             return runner.body(x) if runner is not None else plain_body(net, x)
 
-        self._compiled = torch.compile(body, dynamic=False, mode=mode, options={"freezing": True})
+        # Frozen weights let inductor pack them for oneDNN once; but with ATen's kernels capped below
+        # the CPU (ATEN_CPU_CAPABILITY) torch 2.13 computes garbage with them, so not then.
+        freezing = not cpu_support().aten_capped
+        self._compiled = torch.compile(body, dynamic=False, mode=mode, options={"freezing": freezing})
         self._batch_sizes: set[int] = set()
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
@@ -310,7 +340,10 @@ class OpenVINOModel(_GraphModel):
             if precision == "int8":
                 from .int8 import quantize_openvino_model
 
+                from .int8 import overflow_fix
+
                 graph = quantize_openvino_model(graph, calibration)
+                self.int8_overflow_fix = overflow_fix()
             # int8: what NNCF left unquantized runs in float32, not in bfloat16 where the CPU has it
             config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
                       "PERFORMANCE_HINT": hint}
@@ -358,10 +391,11 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
         raise TypeError(f"expected a PNASNet (pnasnet.create_model), got {type(model).__name__}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    check_backend_choice(backend, precision)
-    if precision == "bfloat16" and not cpu_has_bf16():
-        warnings.warn("this CPU has no native bfloat16 (AVX512-BF16/AMX): bfloat16 will be slower than "
-                      "float32", RuntimeWarning, stacklevel=2)
+    device = next(model.parameters()).device
+    check_backend_choice(backend, precision, device=device)
+    if precision == "bfloat16" and device.type == "cpu" and not cpu_has_bf16():
+        warnings.warn(f"this CPU has no native bfloat16 (AVX512-BF16/AMX; {cpu_support().describe()}): "
+                      "bfloat16 is emulated and slower than float32", RuntimeWarning, stacklevel=2)
     if model.training:
         raise RuntimeError("optimize() builds an inference model: call model.eval() first")
     if backend in ("onnxruntime", "openvino") and next(model.parameters()).device.type != "cpu":
@@ -377,16 +411,20 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
 
 def auto_backend(model: nn.Module) -> str:
     """The default back end of the batch commands and the server: ``eager`` (the exact inference
-    form, about twice the plain model's speed, no extra package) on the CPU; ``plain`` on other
-    devices, where the inference form has not been measured. (``openvino`` is a little faster still
-    at batch 1 but needs its package and a fixed image size, so it is chosen explicitly.)"""
+    form, about twice the plain model's speed, no extra package) on a CPU whose torch build has the
+    fused oneDNN operators; ``plain`` elsewhere (builds without them, e.g. macOS and some ARM
+    builds, and other devices, where the inference form has not been measured). (``openvino`` is a
+    little faster still at batch 1 but needs its package and a fixed image size, so it is chosen
+    explicitly.)"""
     device = next(model.parameters()).device
-    return "eager" if device.type == "cpu" else "plain"
+    return "eager" if device.type == "cpu" and cpu_support().fused_ops else "plain"
 
 
-def check_backend_choice(backend: str, precision: str = "float32") -> None:
-    """Raise ValueError (unknown name, unsupported pair) or ImportError (package missing) now, before
-    a long job starts, for what :func:`for_inference` would be asked."""
+def check_backend_choice(backend: str, precision: str = "float32", device: torch.device | str | None = None) -> None:
+    """Raise ValueError (unknown name, unsupported pair, a precision this CPU cannot compute:
+    :class:`PrecisionUnavailableError`) or ImportError (package missing) now, before a long job
+    starts, for what :func:`for_inference` would be asked. ``device``: where the model will run
+    (default: the CPU); the CPU's abilities are checked only for the CPU."""
     if backend not in BACKEND_CHOICES:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
     if precision not in PRECISIONS:
@@ -396,6 +434,12 @@ def check_backend_choice(backend: str, precision: str = "float32") -> None:
                          f"{', '.join(b for b in BACKENDS if precision in _SUPPORTED[b])} (or auto)")
     if backend in _SUPPORTED and precision not in _SUPPORTED[backend]:
         raise ValueError(f"backend {backend!r} supports precision {', '.join(_SUPPORTED[backend])} only")
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    if on_cpu or backend in ("onnxruntime", "openvino"):
+        effective = {"bfloat16": "eager", "int8": "openvino"}.get(precision, backend) if backend == "auto" else backend
+        why = precision_unavailable(effective, precision)
+        if why:
+            raise PrecisionUnavailableError(why)
     reason = backend_unavailable(backend) if backend in BACKENDS else None
     if reason is None and precision == "int8":
         from .int8 import int8_unavailable
@@ -414,7 +458,7 @@ def for_inference(model: nn.Module, backend: str = "auto", precision: str = "flo
     """
     if isinstance(model, InferenceModel):
         return model
-    check_backend_choice(backend, precision)
+    check_backend_choice(backend, precision, device=next(model.parameters()).device)
     if backend == "auto":  # asking for a reduced precision is the explicit choice of its path
         backend = {"float32": auto_backend(model), "bfloat16": "eager", "int8": "openvino"}[precision]
     if backend == "plain":

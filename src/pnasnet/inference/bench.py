@@ -174,6 +174,10 @@ def cpu_info() -> dict:
         info["isa"] = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma", "avx_vnni"))
     except OSError:
         pass
+    from .cpu import cpu_support
+
+    support = cpu_support()  # the class the back ends acted on (after any override)
+    info["cpu_class"], info["cpu_support"] = support.cpu_class, support.describe()
     return info
 
 

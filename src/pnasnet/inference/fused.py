@@ -29,15 +29,14 @@ from torch import nn
 from ..model.cell import PNASNET5_BLOCKS, MaxPoolBranch, NoneBranch, SeparableBranch
 from ..model.network import PNASNet
 from ..model.ops import tf_same_padding
+from .cpu import cpu_support
 
 _MKLDNN = getattr(torch.ops, "mkldnn", None)
 
 
 def _has_fused_ops() -> bool:
-    try:
-        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-    except Exception:  # pragma: no cover - exotic builds
-        return False
+    """Whether the fused oneDNN convolution operators may be used (see :mod:`.cpu`)."""
+    return cpu_support().fused_ops
 
 
 class _Conv:

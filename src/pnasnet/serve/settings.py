@@ -17,8 +17,11 @@ MIB = 1024 * 1024
 class ServeSettings:
     # --- the model (loaded once per inference worker)
     model: str = "pnasnet5_large"       # variant, "auto" (configuration from weights) or a model directory
-    weights: str | None = None          # source name or local path; None = random weights (testing only)
-    seed: int = 0                       # seed of the random initialisation without weights
+    # Source name ("tf-slim": the variant's published weights) or local path; None = random weights
+    # (testing only), or a model directory's own. `pnasnet serve` passes "tf-slim" unless told
+    # otherwise (--weights none: None); in Python, as in create_model, None stays random.
+    weights: str | None = None
+    seed: int = 0                       # seed of the random initialisation (weights None, a variant)
     image_size: int | None = None       # model input side; None = the model's own (331 / 224)
     transform: str = "tf-slim"          # "tf-slim" (published accuracy) or "resize"
     device: str = "auto"                # "auto", "cpu" or "cuda"
@@ -83,8 +86,12 @@ class ServeSettings:
             raise ValueError(f"--port must be within 1..65535, got {self.port}")
 
     def describe_weights(self) -> str:
+        from ..api import is_model_dir
+
         if self.weights is not None:
             return str(self.weights)
+        if is_model_dir(self.model):
+            return f"model directory {self.model}"
         return f"random initialisation (seed {self.seed})"
 
 

@@ -130,11 +130,13 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
     :func:`~pnasnet.tasks.inference.prepare_model`); a run resumes only at the same precision.
     Other options as in :func:`~pnasnet.tasks.inference.run_model`.
     """
-    from ..inference import InferenceModel
+    from ..inference import InferenceModel, check_backend_choice
 
     if isinstance(model, InferenceModel):
         raise TypeError("extract_features takes the model itself (pnasnet.create_model), not an optimized one: "
                         "pass backend=/precision= instead, so the output can record the weights' SHA-256")
+    # A back end or precision this install or CPU cannot run is refused before the output is touched.
+    check_backend_choice(backend, precision, device=next(model.parameters()).device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if transform not in TRANSFORMS:  # before anything is recorded under this name

@@ -10,7 +10,10 @@ A download is safe to interrupt at any moment and safe to run from several proce
 * ``<dest>.lock`` is a cross-process lock: a second process wanting the same file waits, then finds
   the finished file;
 * a file whose SHA-256 is not known in advance is trusted on first use: its digest is recorded in
-  ``<cache>/checksums.json`` and checked on every later use (``verify``).
+  ``<cache>/checksums.json`` and checked on every later use (``verify``);
+* a file may have several URLs (mirrors), tried in order: one that fails (HTTP error, unreachable,
+  broken off after the resume retries, or wrong content) passes on to the next, and the final error
+  lists every URL and why it failed. A partial file is only ever resumed from the URL that produced it.
 
 Cache layout (``cache_dir()``: ``$PNASNET_HOME``, else ``$XDG_CACHE_HOME/pnasnet``, else
 ``~/.cache/pnasnet``)::
@@ -46,7 +49,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -55,7 +58,8 @@ from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 __all__ = ["ChecksumError", "ChecksumUnknownError", "CorruptFileWarning", "DownloadError", "VerifyResult",
-           "cache_dir", "default_cache_dir", "download", "forget", "sha256_file", "verify", "verify_cache"]
+           "cache_dir", "check_existing", "default_cache_dir", "download", "forget", "sha256_file", "verify",
+           "verify_cache"]
 
 ENV_HOME = "PNASNET_HOME"
 ENV_OFFLINE = "PNASNET_OFFLINE"
@@ -70,15 +74,26 @@ log = logging.getLogger(__name__)
 
 
 class DownloadError(RuntimeError):
-    """A file could not be fetched: offline, unreachable, an HTTP error, or an interrupted transfer."""
+    """A file could not be fetched: offline, unreachable, an HTTP error, or an interrupted transfer.
+
+    ``reason`` is a one-line why (without the advice); ``failures`` lists ``(url, reason)`` for every
+    URL tried when a file has several mirrors (empty otherwise).
+    """
+
+    def __init__(self, message: str, *, reason: str | None = None,
+                 failures: Sequence[tuple[str, str]] = ()):
+        super().__init__(message)
+        self.reason = reason if reason is not None else message
+        self.failures = tuple(failures)
 
 
 class ChecksumError(DownloadError):
     """A file's size or SHA-256 is not the expected one. The file was not (and will not be) used."""
 
     def __init__(self, message: str, *, url: str | None = None, path: Path | None = None,
-                 expected: str | None = None, actual: str | None = None):
-        super().__init__(message)
+                 expected: str | None = None, actual: str | None = None, reason: str | None = None,
+                 failures: Sequence[tuple[str, str]] = ()):
+        super().__init__(message, reason=reason, failures=failures)
         self.url, self.path, self.expected, self.actual = url, path, expected, actual
 
 
@@ -120,12 +135,12 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _normalise_digest(sha256: str | None) -> str | None:
+def _normalise_digest(sha256: str | None, *, prefix: bool = False) -> str | None:
     if sha256 is None:
         return None
     digest = sha256.strip().lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ValueError(f"not a SHA-256 hex digest: {sha256!r}")
+    if not re.fullmatch(r"[0-9a-f]{1,64}" if prefix else r"[0-9a-f]{64}", digest):
+        raise ValueError(f"not a SHA-256 hex digest{' prefix' if prefix else ''}: {sha256!r}")
     return digest
 
 
@@ -261,42 +276,66 @@ def forget(path: str | os.PathLike, *, cache: str | os.PathLike | None = None) -
 
 @dataclass(frozen=True)
 class _Expected:
-    """What a file must be: digest and size (either may be unknown), and where that knowledge comes from."""
+    """What a file must be: digest and size (either may be unknown), and where that knowledge comes from.
+
+    ``sha256_prefix`` is the start of the digest that a file's published name promises (Cadene's
+    ``-bf079911.pth``); it is checked in addition to the full digest, and alone when that is unknown.
+    """
 
     sha256: str | None
     size: int | None
     source: str
     from_record: bool = False
+    sha256_prefix: str | None = None
 
     @property
     def known(self) -> bool:
         return self.sha256 is not None
 
+    def describe(self) -> str:
+        """What a download is checked against, for the plain-http notice."""
+        if self.sha256 is not None:
+            return "the SHA-256 recorded on its first download" if self.from_record else "the SHA-256 given"
+        if self.sha256_prefix:
+            return f"the SHA-256 prefix {self.sha256_prefix} its name promises"
+        return "nothing yet (first use: its SHA-256 is recorded now and checked on every later use)"
+
+    def prefix_problem(self, actual: str) -> str | None:
+        if self.sha256_prefix and not actual.startswith(self.sha256_prefix):
+            return f"sha256 {actual} does not start with {self.sha256_prefix}, the prefix its name promises"
+        return None
+
 
 def _expectation(path: Path, sha256: str | None, size: int | None,
-                 cache: str | os.PathLike | None) -> _Expected:
+                 cache: str | os.PathLike | None, sha256_prefix: str | None = None) -> _Expected:
     """A given digest wins over the record; the record is used only when it is all we know."""
     if sha256 is not None:
-        return _Expected(sha256, size, "given")
+        return _Expected(sha256, size, "given", sha256_prefix=sha256_prefix)
     entry = _recorded(path, cache)
     if entry is None:
-        return _Expected(None, size, "unknown")
+        return _Expected(None, size, "unknown", sha256_prefix=sha256_prefix)
     json_path, _ = _record_location(path, cache)
     return _Expected(entry["sha256"], size if size is not None else entry.get("size"),
-                     f"recorded on first download in {json_path}", from_record=True)
+                     f"recorded on first download in {json_path}", from_record=True, sha256_prefix=sha256_prefix)
+
+
+def _inspect(path: Path, expected: _Expected) -> tuple[str | None, str | None]:
+    """(why ``path`` does not meet ``expected`` or None, its SHA-256 if it had to be computed)."""
+    actual_size = path.stat().st_size
+    if expected.size is not None and actual_size != expected.size:
+        return f"size {actual_size} bytes, expected {expected.size}", None
+    if expected.sha256 is None and expected.sha256_prefix is None:
+        return None, None
+    actual = sha256_file(path)
+    if expected.sha256 is not None and actual != expected.sha256:
+        return f"sha256 {actual}, expected {expected.sha256} ({expected.source})", actual
+    return expected.prefix_problem(actual), actual
 
 
 def _mismatch(path: Path, expected: _Expected) -> tuple[str, str | None] | None:
     """None if ``path`` meets ``expected``; else (reason, actual digest or None)."""
-    actual_size = path.stat().st_size
-    if expected.size is not None and actual_size != expected.size:
-        return f"size {actual_size} bytes, expected {expected.size}", None
-    if expected.sha256 is None:
-        return None
-    actual = sha256_file(path)
-    if actual != expected.sha256:
-        return f"sha256 {actual}, expected {expected.sha256} ({expected.source})", actual
-    return None
+    problem, actual = _inspect(path, expected)
+    return None if problem is None else (problem, actual)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -407,7 +446,8 @@ class _Body:
     """A response body positioned at byte ``start`` of the file.
 
     ``length`` is how many bytes it should deliver and ``total`` the whole file's size (None when the
-    server does not say); ``validator`` is the ETag or Last-Modified to resume this version with.
+    server does not say); ``validator`` is the ETag or Last-Modified to resume this version with;
+    ``url`` is where the bytes really come from, after redirects (None: the URL asked for).
     """
 
     stream: BinaryIO
@@ -415,6 +455,7 @@ class _Body:
     length: int | None
     total: int | None
     validator: str | None = None
+    url: str | None = None
 
 
 class _FetchFailed(Exception):
@@ -472,18 +513,19 @@ def _open_http(url: str, offset: int, validator: str | None, timeout: float) -> 
         reason = getattr(error, "reason", None) or error
         raise _FetchFailed(f"cannot reach the server ({reason})") from error
 
+    final_url = response.geturl()
     if response.status == 206 and offset:
         match = _CONTENT_RANGE.fullmatch((response.headers.get("Content-Range") or "").strip())
         if match and int(match.group(1)) == offset and int(match.group(2)) >= offset:
             total = None if match.group(3) == "*" else int(match.group(3))
-            return _Body(response, offset, int(match.group(2)) - offset + 1, total, validator)
+            return _Body(response, offset, int(match.group(2)) - offset + 1, total, validator, final_url)
         # A range we did not ask for: do not guess how it lines up with our bytes, start over.
         response.close()
         return _open_http(url, 0, None, timeout)
     if response.status == 200:
         # Also what a server that ignores Range (or whose file changed, via If-Range) answers.
         length = _header_int(response.headers, "Content-Length")
-        return _Body(response, 0, length, length, _validator(response.headers))
+        return _Body(response, 0, length, length, _validator(response.headers), final_url)
     response.close()
     raise _FetchFailed(f"unexpected HTTP status {response.status}")
 
@@ -514,10 +556,29 @@ def _is_offline() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _advice(url: str, dest: Path) -> str:
-    return (f"\n  URL:         {url}\n  destination: {dest}\n"
+def _scheme(url: str) -> str:
+    return urllib.parse.urlsplit(url).scheme.lower()
+
+
+def _advice_tail(dest: Path) -> str:
+    return (f"\n  destination: {dest}\n"
             f"Download the file by other means and save it at that path, or pass a local file or folder "
             f"instead of downloading (e.g. weights='/path/to/model.ckpt').")
+
+
+def _advice(urls: Sequence[str], dest: Path) -> str:
+    """Where the file is published, where to put it by hand, and how to do without downloading."""
+    label = "URL:        " if len(urls) == 1 else "URLs:       "
+    return f"\n  {label} {urls[0]}" + "".join(f"\n               {url}" for url in urls[1:]) + _advice_tail(dest)
+
+
+def _partial_meta(dest: Path) -> dict | None:
+    """What ``<dest>.part.json`` says about the partial download (None if absent or unreadable)."""
+    try:
+        meta = json.loads(_part_meta_path(dest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def _read_chunk(stream: BinaryIO) -> bytes:
@@ -529,13 +590,17 @@ def _read_chunk(stream: BinaryIO) -> bytes:
 
 
 class _Download:
-    """Fetches ``url`` into ``dest`` through ``dest.part``; the caller holds ``dest``'s lock."""
+    """Fetches one ``url`` into ``dest`` through ``dest.part``; the caller holds ``dest``'s lock.
+
+    Errors are raised without the advice (``download`` adds it, once, for all the URLs it tried).
+    """
 
     def __init__(self, url: str, dest: Path, expected: _Expected, *, cache: str | os.PathLike | None,
                  progress: bool, timeout: float, retries: int):
         self.url, self.dest, self.expected, self.cache = url, dest, expected, cache
         self.progress, self.timeout, self.retries = progress, timeout, retries
         self.part, self.meta = _part_path(dest), _part_meta_path(dest)
+        self._warned_plain_http = False
 
     def run(self) -> str:
         """Download, verify and move into place; returns the file's SHA-256."""
@@ -543,7 +608,7 @@ class _Download:
         try:
             return self._verify_and_finish()
         except ChecksumError:
-            if not resumed or not self.expected.known:
+            if not resumed or not (self.expected.known or self.expected.sha256_prefix):
                 raise
         # The kept partial may have been damaged, or belong to an older version of the file that the
         # server did not tell us about: one more try from scratch before giving up.
@@ -554,6 +619,10 @@ class _Download:
     def discard_partial(self) -> None:
         self.part.unlink(missing_ok=True)
         self.meta.unlink(missing_ok=True)
+
+    def _partial_is_ours(self) -> bool:
+        meta = _partial_meta(self.dest)
+        return meta is not None and meta.get("url") == self.url
 
     # -- transfer ----------------------------------------------------------------------------------
 
@@ -573,7 +642,9 @@ class _Download:
                 if attempt >= self.retries:
                     raise DownloadError(f"the download of {self.url} was interrupted ({error}); the {kept} bytes "
                                         f"received are kept in {self.part} and the next attempt resumes from "
-                                        f"there." + _advice(self.url, self.dest)) from error
+                                        f"there.",
+                                        reason=f"the transfer broke off {attempt + 1} times (last: {error})") \
+                        from error
                 attempt += 1
                 log.warning("download of %s interrupted (%s); resuming from byte %d", self.url, error, kept)
                 time.sleep(RETRY_PAUSE * attempt)
@@ -583,24 +654,41 @@ class _Download:
     def _open(self) -> _Body:
         offset, validator = self._resumable_offset()
         try:
-            if urllib.parse.urlsplit(self.url).scheme.lower() == "file":
-                return _open_file_url(self.url, offset)
-            return _open_http(self.url, offset, validator, self.timeout)
+            if _scheme(self.url) == "file":
+                body = _open_file_url(self.url, offset)
+            else:
+                body = _open_http(self.url, offset, validator, self.timeout)
         except _FetchFailed as error:
-            raise DownloadError(f"could not download {self.url}: {error}." + _advice(self.url, self.dest)) from error
+            raise DownloadError(f"could not download {self.url}: {error}.", reason=str(error)) from error
+        self._notice_plain_http(body)
+        return body
+
+    def _notice_plain_http(self, body: _Body) -> None:
+        """Say once, whatever ``progress``, when the bytes travel unencrypted (also after a redirect)."""
+        where = body.url or self.url
+        if self._warned_plain_http or _scheme(where) != "http":
+            return
+        self._warned_plain_http = True
+        via = "" if where == self.url else f" (redirected from {self.url})"
+        message = (f"downloading {where}{via} over plain http (not encrypted); the file is checked against "
+                   f"{self.expected.describe()}")
+        log.info(message)    # printed below in any case: not log.warning, which would say it twice
+        print(f"pnasnet: warning: {message}", file=sys.stderr, flush=True)
 
     def _resumable_offset(self) -> tuple[int, str | None]:
         """Bytes already in ``.part`` that may be resumed (0 if none or of unknown origin), and the validator."""
         if not self.part.exists():
             return 0, None
-        try:
-            meta = json.loads(self.meta.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = None
+        meta = _partial_meta(self.dest)
         offset = self.part.stat().st_size
         too_long = self.expected.size is not None and offset > self.expected.size
-        if not isinstance(meta, dict) or meta.get("url") != self.url or too_long or offset == 0:
+        if meta is None or too_long or offset == 0:
             self.discard_partial()
+            return 0, None
+        if meta.get("url") != self.url:
+            # Another mirror's bytes: never resumed from here (two hosts are not known to serve the same
+            # bytes, and the validator is the other host's), but left alone until a body from this URL
+            # arrives and replaces them, so a mirror that fails at once does not cost the other its partial.
             return 0, None
         return offset, meta.get("validator")
 
@@ -608,10 +696,12 @@ class _Download:
         """Fail before transferring anything if the server announces a size other than the expected one."""
         if body.total is None or self.expected.size is None or body.total == self.expected.size:
             return
-        self.discard_partial()
+        if self._partial_is_ours():
+            self.discard_partial()
+        reason = f"the server announces {body.total} bytes, {self.expected.size} are expected ({self.expected.source})"
         raise ChecksumError(f"{self.url} is {body.total} bytes according to the server, but {self.expected.size} "
                             f"are expected ({self.expected.source}); not downloading it to {self.dest}",
-                            url=self.url, path=self.dest, expected=self.expected.sha256)
+                            url=self.url, path=self.dest, expected=self.expected.sha256, reason=reason)
 
     def _receive(self, body: _Body) -> None:
         """Append the body to ``.part`` (or rewrite it when the body starts at byte 0)."""
@@ -644,21 +734,20 @@ class _Download:
         actual_size = self.part.stat().st_size
         actual = sha256_file(self.part)
         expected = self.expected
-        problem = None
+        reason, hint = None, ""
         if expected.size is not None and actual_size != expected.size:
-            problem = f"got {actual_size} bytes, expected {expected.size}"
+            reason = f"got {actual_size} bytes, expected {expected.size} ({expected.source})"
         elif expected.known and actual != expected.sha256:
-            problem = "checksum mismatch"
-        if problem is not None:
+            reason = f"checksum mismatch: got sha256 {actual}, expected {expected.sha256} ({expected.source})"
+        if reason is not None and expected.from_record:
+            hint = (f" If the file changed upstream on purpose, drop the old record with "
+                    f"pnasnet.weights.download.forget({str(self.dest)!r}) and download again.")
+        reason = reason or expected.prefix_problem(actual)
+        if reason is not None:
             self.discard_partial()
-            hint = ""
-            if expected.from_record:
-                hint = (f" If the file changed upstream on purpose, drop the old record with "
-                        f"pnasnet.weights.download.forget({str(self.dest)!r}) and download again.")
-            raise ChecksumError(f"{problem} for {self.url}: expected sha256 {expected.sha256 or '(not known)'} "
-                                f"({expected.source}), got sha256 {actual}; the downloaded file {self.part} "
-                                f"was deleted and {self.dest} was not written.{hint}",
-                                url=self.url, path=self.dest, expected=expected.sha256, actual=actual)
+            raise ChecksumError(f"{self.url}: {reason}; the downloaded file {self.part} was deleted and "
+                                f"{self.dest} was not written.{hint}",
+                                url=self.url, path=self.dest, expected=expected.sha256, actual=actual, reason=reason)
         _record(self.dest, self.cache, sha256=actual, size=actual_size, url=self.url)
         # Record first, then rename: a kill in between leaves a complete .part that the next call
         # checks (against this record) and finishes, never a file without a record.
@@ -668,53 +757,107 @@ class _Download:
         return actual
 
 
-def download(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
-             progress: bool = True, timeout: float = 10.0, retries: int = 2,
-             cache: str | os.PathLike | None = None) -> Path:
+def download(url: str | Sequence[str], dest: str | os.PathLike, *, sha256: str | None = None,
+             sha256_prefix: str | None = None, size: int | None = None, progress: bool = True,
+             timeout: float = 10.0, retries: int = 2, cache: str | os.PathLike | None = None) -> Path:
     """Make ``dest`` a complete, verified copy of ``url`` and return its path.
 
+    - ``url`` is one URL or a sequence of mirrors of the same file, tried in order: a mirror that
+      answers an HTTP error, cannot be reached, breaks off (after ``retries`` resumes) or delivers a file
+      that fails verification passes on to the next. A partial file is resumed only from its own URL.
     - An existing ``dest`` is checked (against ``sha256``/``size`` if given, else the digest recorded
       when it was first downloaded) and returned; one that fails is moved to ``<dest>.corrupt`` with a
       ``CorruptFileWarning`` and downloaded again.
     - Otherwise the file is fetched into ``<dest>.part`` (resuming one left by an earlier attempt),
       checked, and moved into place atomically. Dropped connections are resumed up to ``retries`` times.
     - Its digest is recorded in ``<cache>/checksums.json`` (trust on first use); ``cache`` defaults to
-      ``cache_dir()``.
+      ``cache_dir()``. ``sha256_prefix`` (hex) is a start the digest must have, checked in addition.
 
-    ``url`` is http(s) or ``file://``. ``timeout`` bounds each read; connecting is bounded by
+    URLs are http(s) or ``file://``. ``timeout`` bounds each read; connecting is bounded by
     ``CONNECT_TIMEOUT`` as well, so an offline machine fails within seconds. ``progress`` shows a
-    progress bar on a terminal (stderr). Raises ``DownloadError`` (with the URL, the destination and
-    what to do instead) or its subclass ``ChecksumError``; with ``PNASNET_OFFLINE=1`` nothing is fetched
-    over the network.
+    progress bar on a terminal (stderr); a transfer over plain http is announced on stderr whatever
+    ``progress`` says. Raises ``DownloadError`` (with every URL tried and why it failed, the
+    destination and what to do instead) or its subclass ``ChecksumError`` (when every URL delivered a
+    wrong file); with ``PNASNET_OFFLINE=1`` nothing is fetched over the network.
     """
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme not in _SCHEMES:
-        raise ValueError(f"unsupported URL scheme {scheme!r} in {url!r}; use http, https or file")
+    urls = (url,) if isinstance(url, str) else tuple(url)
+    if not urls:
+        raise ValueError("no URL to download from")
+    for one in urls:
+        if _scheme(one) not in _SCHEMES:
+            raise ValueError(f"unsupported URL scheme {_scheme(one)!r} in {one!r}; use http, https or file")
     dest = Path(dest).expanduser().absolute()
     if dest.exists() and not dest.is_file():
-        raise DownloadError(f"{dest} exists and is not a file; cannot download {url} there")
+        raise DownloadError(f"{dest} exists and is not a file; cannot download {urls[0]} there")
     sha256 = _normalise_digest(sha256)
+    sha256_prefix = _normalise_digest(sha256_prefix, prefix=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     # Fast path without the lock: a finished file only ever appears whole (os.replace).
-    if dest.is_file() and _existing_ok(dest, url, sha256, size, cache, repair=False):
+    if dest.is_file() and _existing_ok(dest, urls[0], sha256, sha256_prefix, size, cache, repair=False):
         return dest
     with _locked(_lock_path(dest), f"waiting for another process that is downloading {dest.name}",
                  talk=progress):
         # Another process may have finished (or a bad file may still be here): look again, under the lock.
-        if dest.is_file() and _existing_ok(dest, url, sha256, size, cache, repair=True):
+        if dest.is_file() and _existing_ok(dest, urls[0], sha256, sha256_prefix, size, cache, repair=True):
             return dest
-        if _is_offline() and scheme != "file":
-            raise DownloadError(f"not downloading {url}: {ENV_OFFLINE} is set, so the network is not used."
-                                + _advice(url, dest))
-        if progress:
-            print(f"pnasnet: downloading {url} to {dest}", file=sys.stderr, flush=True)
-        expected = _expectation(dest, sha256, size, cache)
-        _Download(url, dest, expected, cache=cache, progress=progress, timeout=timeout, retries=retries).run()
-    return dest
+        failures: list[tuple[str, DownloadError | None, str]] = []
+        for index, one in enumerate(urls):
+            if _is_offline() and _scheme(one) != "file":
+                failures.append((one, None, f"not tried: {ENV_OFFLINE} is set, so the network is not used"))
+                continue
+            if progress:
+                print(f"pnasnet: downloading {one} to {dest}", file=sys.stderr, flush=True)
+            expected = _expectation(dest, sha256, size, cache, sha256_prefix)
+            try:
+                _Download(one, dest, expected, cache=cache, progress=progress, timeout=timeout,
+                          retries=retries).run()
+                return dest
+            except DownloadError as error:
+                failures.append((one, error, error.reason))
+                if index + 1 < len(urls):
+                    log.warning("%s failed (%s); trying the next mirror", one, error.reason)
+                    if progress:
+                        print(f"pnasnet: {one} failed ({error.reason}); trying the next mirror",
+                              file=sys.stderr, flush=True)
+        raise _all_failed(urls, failures, dest, sha256)
 
 
-def _record_if_new(path: Path, cache: str | os.PathLike | None, sha256: str | None, url: str) -> None:
+def _all_failed(urls: tuple[str, ...], failures: list[tuple[str, DownloadError | None, str]], dest: Path,
+                sha256: str | None) -> DownloadError:
+    """The error for a file that no URL delivered: every URL, why it failed, and what to do instead."""
+    listed = [(url, reason) for url, _, reason in failures]
+    errors = [error for _, error, _ in failures if error is not None]
+    if len(urls) == 1:      # as before mirrors existed: the one error, with the advice
+        url, error, reason = failures[0]
+        if isinstance(error, ChecksumError):
+            return error    # says what was expected and what arrived; advice to fetch it by hand would not help
+        message = f"not downloading {url}: {ENV_OFFLINE} is set, so the network is not used." if error is None \
+            else str(error)
+        combined = DownloadError(message + _advice(urls, dest), reason=reason, failures=listed)
+        combined.__cause__ = error
+        return combined
+    if not errors:          # offline, nothing but network URLs
+        return DownloadError(f"not downloading {dest.name}: {ENV_OFFLINE} is set, so the network is not used."
+                             + _advice(urls, dest), reason=f"{ENV_OFFLINE} is set", failures=listed)
+    lines = [f"could not download {dest.name} from any of its {len(urls)} URLs (tried in order):"]
+    lines += [f"  {url}\n      {reason}" for url, reason in listed]
+    message = "\n".join(lines)
+    part, meta = _part_path(dest), _partial_meta(dest)
+    if part.exists() and meta is not None and meta.get("url") in urls:
+        message += (f"\nThe {part.stat().st_size} bytes received from {meta['url']} are kept in {part} and are "
+                    f"resumed when that URL is tried again.")
+    message += _advice_tail(dest)
+    reason = f"all {len(urls)} URLs failed"
+    if len(errors) == len(failures) and all(isinstance(error, ChecksumError) for error in errors):
+        combined = ChecksumError(message, path=dest, expected=sha256, reason=reason, failures=listed)
+    else:
+        combined = DownloadError(message, reason=reason, failures=listed)
+    combined.__cause__ = errors[-1]
+    return combined
+
+
+def _record_if_new(path: Path, cache: str | os.PathLike | None, sha256: str | None, url: str | None) -> None:
     """Record a file used for the first time, or whose record disagrees with a digest given by the caller."""
     entry = _recorded(path, cache)
     digest = sha256 or sha256_file(path)
@@ -722,21 +865,41 @@ def _record_if_new(path: Path, cache: str | os.PathLike | None, sha256: str | No
         _record(path, cache, sha256=digest, size=path.stat().st_size, url=url)
 
 
-def _existing_ok(dest: Path, url: str, sha256: str | None, size: int | None,
+def check_existing(path: str | os.PathLike, *, url: str | None = None, sha256: str | None = None,
+                   sha256_prefix: str | None = None, cache: str | os.PathLike | None = None) -> str | None:
+    """Check a finished file that pnasnet did not download (one in another tool's cache) the way a
+    cached file is checked: against ``sha256`` when given, else its trust-on-first-use record (keyed
+    by its absolute path, recorded now if it has none), and against ``sha256_prefix``.
+
+    Returns None when the file may be used, else why not. The file itself is never moved or changed
+    (it is not ours); ``url`` is only noted in the record.
+    """
+    path = Path(path).expanduser().absolute()
+    expected = _expectation(path, _normalise_digest(sha256), None, cache,
+                            _normalise_digest(sha256_prefix, prefix=True))
+    problem, actual = _inspect(path, expected)
+    if problem is not None:
+        return problem
+    if not expected.from_record:
+        _record_if_new(path, cache, expected.sha256 or actual, url)
+    return None
+
+
+def _existing_ok(dest: Path, url: str, sha256: str | None, sha256_prefix: str | None, size: int | None,
                  cache: str | os.PathLike | None, *, repair: bool) -> bool:
     """Whether the existing ``dest`` may be used. With ``repair``, a bad one is moved aside.
 
     A file with no known digest is trusted now (first use) and its digest recorded.
     """
-    expected = _expectation(dest, sha256, size, cache)
-    problem = _mismatch(dest, expected)
+    expected = _expectation(dest, sha256, size, cache, sha256_prefix)
+    problem, actual = _inspect(dest, expected)
     if problem is None:
         if not expected.from_record:
-            _record_if_new(dest, cache, expected.sha256, url)
+            _record_if_new(dest, cache, expected.sha256 or actual, url)
         return True
     if repair:
         aside = dest.with_name(dest.name + ".corrupt")
         os.replace(dest, aside)
-        warnings.warn(CorruptFileWarning(f"{dest} failed verification ({problem[0]}); moved it to {aside} "
+        warnings.warn(CorruptFileWarning(f"{dest} failed verification ({problem}); moved it to {aside} "
                                          f"and downloading {url} again"), stacklevel=3)
     return False
