@@ -80,9 +80,9 @@ def precision_unavailable(backend: str, precision: str, support: CpuSupport | No
     alternatives = ("use --precision float32 (exact, the default), or --precision int8 --calibration ... "
                     "(OpenVINO; about 2x float32 with VNNI)")
     if backend == "openvino" and not support.bf16_native:
-        return (f"OpenVINO computes bfloat16 only on CPUs with AVX512-BF16 or AMX (elsewhere it silently "
-                f"computes float32); this CPU: {support.describe()}. Use backend eager for emulated bfloat16 "
-                f"where AVX-512 exists, or {alternatives}")
+        eager = "--backend eager (bfloat16 emulated by oneDNN, slower than float32), or " if support.bf16_runs else ""
+        return (f"OpenVINO computes bfloat16 only on CPUs with AVX512-BF16 or AMX (elsewhere it computes "
+                f"float32 under the bfloat16 label); this CPU: {support.describe()}. Use {eager}{alternatives}")
     if backend in ("eager", "compile", "auto") and not support.bf16_runs:
         needs = ("AVX-512 (BW, VL, DQ), AVX-NE-CONVERT or AMX" if support.is_x86 else "the Arm BF16 extension")
         return (f"bfloat16 needs a CPU with {needs}: PyTorch's oneDNN bfloat16 convolutions exist only there, "
