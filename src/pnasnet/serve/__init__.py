@@ -2,9 +2,12 @@
 
 * :mod:`.predictor`: the engine-neutral core (``Predictor``: decode, transform, batch, model,
   one result per request). Needs only the core library.
+* :mod:`.gateway` and :mod:`.protocols`: the HTTP side every engine mounts: admission, deadlines,
+  API key and metrics (``Gateway``), and the routes of pnasnet's own API, the Open Inference
+  Protocol (KServe v2 / Triton) and TF Serving's REST predict API.
 * :mod:`.litserve_engine`: the server on LitServe (one machine); needs the ``pnasnet[serve]``
-  extra and is imported only when used. A Ray Serve engine (``--engine ray``) would wrap the same
-  ``Predictor`` in a ``@serve.batch`` deployment; it is not written yet.
+  extra and is imported only when used. The Ray Serve engine (``--engine ray``, many machines) is
+  :mod:`pnasnet.engines.ray_serve`: the same ``Predictor`` in a ``@serve.batch`` deployment.
 * :mod:`.http_inputs`, :mod:`.http_outputs`, :mod:`.metrics`, :mod:`.shutdown`: the HTTP
   contract, shared by the engines.
 
@@ -12,12 +15,12 @@
     run_server(ServeSettings(model="pnasnet5_mobile", weights="tf-slim", port=8000))
 """
 
-from .predictor import CLASSIFY, FEATURES, INFO, ImageInput, PredictRequest, PredictResult, Predictor
+from .predictor import CLASSIFY, FEATURES, INFO, LOGITS, ImageInput, PredictRequest, PredictResult, Predictor
 from .settings import ServeSettings, load_model
 
 ENGINES = ("litserve",)
 
-__all__ = ["CLASSIFY", "ENGINES", "FEATURES", "INFO", "ImageInput", "PredictRequest", "PredictResult", "Predictor",
+__all__ = ["CLASSIFY", "ENGINES", "FEATURES", "INFO", "LOGITS", "ImageInput", "PredictRequest", "PredictResult", "Predictor",
            "ServeSettings", "load_model", "run_server"]
 
 

@@ -97,6 +97,31 @@ async def read_images(request: Request, settings: ServeSettings) -> tuple[list[I
     return images, fields
 
 
+async def read_body(request: Request, settings: ServeSettings) -> bytes:
+    """The whole body within ``--max-body-bytes`` (413 beyond), inflated if it is sent gzip- or
+    deflate-encoded (the inflated size within the same limit); 415 for other encodings."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise _too_large(settings.max_body_bytes)  # refused before reading a byte
+    body = await _read_capped(request, settings.max_body_bytes)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise RequestRefused(415, f"unsupported Content-Encoding {encoding!r}: send gzip, deflate or none",
+                             "unsupported_media_type")
+    import zlib
+
+    inflater = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        inflated = inflater.decompress(body, settings.max_body_bytes + 1)
+    except zlib.error as error:
+        raise RequestRefused(400, f"body is not valid {encoding} data: {error}", "bad_request") from None
+    if len(inflated) > settings.max_body_bytes:
+        raise _too_large(settings.max_body_bytes)
+    return inflated
+
+
 def parse_top_k(value: str | int | None, default: int, limit: int) -> int:
     """``top_k`` from a query or form field: an integer within 1..limit (422 otherwise)."""
     if value is None:

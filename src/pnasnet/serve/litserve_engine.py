@@ -15,7 +15,6 @@ undecodable image comes back as that request's 422 while the rest of its batch i
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import multiprocessing
 import os
@@ -25,54 +24,47 @@ import time
 import uuid
 
 import litserve as ls
-from fastapi import HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import HTTPException
 from litserve.callbacks import Callback
 from litserve.specs.base import LitSpec
 from litserve.utils import LitAPIStatus, ResponseBufferItem
 
-from .http_inputs import RequestRefused, parse_top_k, read_images
-from .http_outputs import ERROR_STATUS, ClassifyResponse, FeaturesResponse, openapi_extra, result_body
-from .metrics import RequestMetricsMiddleware, ServerMetrics
-from .predictor import CLASSIFY, FEATURES, INFO, PredictRequest, PredictResult, Predictor
+from .gateway import Gateway
+from .http_inputs import RequestRefused
+from .metrics import METRIC_ENDPOINTS, RequestMetricsMiddleware, ServerMetrics
+from .predictor import PredictRequest, PredictResult, Predictor
+from .protocols import all_routes
 from .settings import ServeSettings, load_model, prepare_served_model
 from .shutdown import signals_start_shutdown, worker_waits_for_http_drain
 
 logger = logging.getLogger("pnasnet.serve")
 
-QUEUE_KEY = "/v1/images"  # LitServe's name for the one request queue behind both endpoints
-IMAGE_ENDPOINTS = ("/v1/classify", "/v1/features")
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": message}, status_code=status, headers=headers)
+QUEUE_KEY = "/v1/images"  # LitServe's name for the one request queue behind every endpoint
 
 
 class PnasnetSpec(LitSpec):
-    """The HTTP side: routes, limits, admission, metrics. Lives in the HTTP process."""
+    """The HTTP side: every protocol's routes (:mod:`pnasnet.serve.protocols`) over a
+    :class:`Gateway` whose ``submit`` is LitServe's request queue. Lives in the HTTP process."""
 
     def __init__(self, settings: ServeSettings, metrics: ServerMetrics):
         super().__init__()
         self.api_path = QUEUE_KEY
         self.settings = settings
         self.metrics = metrics
-        self._in_flight = 0
-        self._recent_latency = 1.0  # seconds, moving average: the Retry-After hint
-        self._model_info: dict | None = None
+        self.gateway = Gateway(settings, metrics, self._submit, self._readiness)
+        self.routes = all_routes(self.gateway)
 
     def __getstate__(self):
         # The spec travels to the worker process with the LitAPI; the worker needs none of this.
         state = super().__getstate__()
-        state["metrics"] = None
+        state["metrics"] = state["gateway"] = None
+        state["routes"] = []
+        state["_endpoints"] = []
         return state
 
     def pre_setup(self, lit_api) -> None:
-        self.add_endpoint("/v1/classify", self.classify, ["POST"])
-        self.add_endpoint("/v1/features", self.features, ["POST"])
-        self.add_endpoint("/v1/model", self.model_info, ["GET"])
-        self.add_endpoint("/healthz", self.healthz, ["GET"])
-        self.add_endpoint("/readyz", self.readyz, ["GET"])
-        self.add_endpoint("/metrics", self.metrics_text, ["GET"])
+        for route in self.routes:
+            self.add_endpoint(route.path, route.endpoint, route.methods)
 
     def decode_request(self, request, context_kwargs=None):
         return request
@@ -80,75 +72,11 @@ class PnasnetSpec(LitSpec):
     def encode_response(self, output, context_kwargs=None):
         return output
 
-    # ------------------------------------------------------------------------------ endpoints
-    async def classify(self, request: Request, top_k: int | None = Query(
-            None, description="classes per image, most probable first (default 5)")) -> ClassifyResponse:
-        """Top classes with probabilities for each image in the request."""
-        return await self._serve(request, CLASSIFY, top_k)
-
-    async def features(self, request: Request) -> FeaturesResponse:
-        """The feature vector (global-average-pooled last cell) of each image in the request."""
-        return await self._serve(request, FEATURES, None)
-
-    async def model_info(self) -> dict:
-        """The model being served: size it takes, classes, feature length, transform."""
-        if self._model_info is None:
-            try:
-                result = await asyncio.wait_for(self._submit(PredictRequest(INFO)), self.settings.timeout_s)
-            except (asyncio.TimeoutError, RequestRefused):
-                return _error(503, "the model is not answering yet")
-            self._model_info = result.info
-        return self._model_info
-
-    async def healthz(self) -> dict:
-        """Liveness: the HTTP process answers."""
-        return {"status": "ok"}
-
-    async def readyz(self) -> JSONResponse:
-        """Readiness: at least one inference worker has its weights loaded."""
+    def _readiness(self) -> tuple[bool, dict]:
+        """At least one inference worker has its weights loaded."""
         states = dict(self._server.workers_setup_status) if self._server else {}
         ready = sum(state == "ready" for state in states.values())
-        body = {"ready": ready > 0, "workers_ready": ready, "workers": len(states)}
-        return JSONResponse(body, status_code=200 if ready else 503)
-
-    async def metrics_text(self) -> Response:
-        """Prometheus text format."""
-        payload, content_type = self.metrics.exposition()
-        return Response(payload, media_type=content_type)
-
-    # ------------------------------------------------------------------------ request handling
-    async def _serve(self, request: Request, task: str, top_k: int | None) -> Response:
-        if self._in_flight >= self.settings.max_queue:
-            self.metrics.errors.labels("queue_full").inc()
-            retry = str(max(1, round(self._recent_latency)))
-            return _error(503, f"server busy: {self._in_flight} requests queued (--max-queue "
-                               f"{self.settings.max_queue}); retry after {retry} s", {"Retry-After": retry})
-        self._in_flight += 1
-        self.metrics.in_flight.inc()
-        start = time.perf_counter()
-        deadline = time.monotonic() + self.settings.timeout_s  # the worker stops computing after it, too
-        try:
-            body = await asyncio.wait_for(self._answer(request, task, top_k, deadline), self.settings.timeout_s)
-            self._recent_latency = 0.8 * self._recent_latency + 0.2 * (time.perf_counter() - start)
-            return JSONResponse(body)
-        except asyncio.TimeoutError:
-            self.metrics.errors.labels("timeout").inc()
-            return _error(504, f"no answer within {self.settings.timeout_s:g} s (--timeout)")
-        except RequestRefused as refusal:
-            self.metrics.errors.labels(refusal.reason).inc()
-            return _error(refusal.status, refusal.message, refusal.headers)
-        finally:
-            self._in_flight -= 1
-            self.metrics.in_flight.dec()
-
-    async def _answer(self, request: Request, task: str, top_k: int | None, deadline: float) -> dict:
-        images, fields = await read_images(request, self.settings)
-        k = parse_top_k(fields.get("top_k", top_k), 5, self.settings.max_top_k) if task == CLASSIFY else 5
-        result = await self._submit(PredictRequest(task, tuple(images), k, deadline))
-        if result.error is not None:
-            raise RequestRefused(ERROR_STATUS.get(result.error_kind, 400), result.error, result.error_kind or "bad")
-        self.metrics.images.labels(task).inc(len(result.outputs))
-        return result_body(result)
+        return ready > 0, {"workers_ready": ready, "workers": len(states)}
 
     async def _submit(self, payload: PredictRequest) -> PredictResult:
         """Put ``payload`` on LitServe's request queue and wait for its own result."""
@@ -163,7 +91,6 @@ class PnasnetSpec(LitSpec):
             self.response_buffer.pop(uid, None)  # also when the wait is cancelled by the timeout
         if status == LitAPIStatus.ERROR:
             raise self._worker_failure(output)
-        self.metrics.observe_batch(output.batch)
         return output
 
     @staticmethod
@@ -222,22 +149,6 @@ class PnasnetLitAPI(ls.LitAPI):
     def encode_response(self, output: PredictResult) -> PredictResult:
         return output  # shaped into JSON in the HTTP process
 
-    def authorize(self, request: Request) -> None:
-        """LitServe's authentication hook (a FastAPI dependency of every route): with an API key
-        set, /v1/* needs it; health, readiness, metrics and the docs stay open for probes."""
-        key = self.settings.api_key
-        if not key or not request.url.path.startswith("/v1/"):
-            return
-        given = request.headers.get("x-api-key") or ""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer":
-            given = token.strip()
-        if not hmac.compare_digest(given.encode(), key.encode()):
-            if self.spec.metrics is not None:
-                self.spec.metrics.errors.labels("unauthorized").inc()
-            raise HTTPException(401, "missing or wrong API key: send 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
-                                headers={"WWW-Authenticate": "Bearer"})
-
 
 class _MarkHttpStopped(Callback):
     """In the HTTP process, once uvicorn has finished the requests in flight: let workers exit."""
@@ -249,11 +160,11 @@ class _MarkHttpStopped(Callback):
         self.http_stopped.set()
 
 
-def _document_image_routes(server: ls.LitServer, settings: ServeSettings) -> None:
-    extra = openapi_extra(settings.max_files)
+def _document_routes(server: ls.LitServer, spec: PnasnetSpec) -> None:
+    extras = {route.path: route.openapi_extra for route in spec.routes if route.openapi_extra}
     for route in server.app.routes:
-        if getattr(route, "path", None) in IMAGE_ENDPOINTS:
-            route.openapi_extra = extra
+        if getattr(route, "path", None) in extras:
+            route.openapi_extra = extras[route.path]
 
 
 #: The addresses LitServe binds (it refuses others, and ports below 1024).
@@ -279,13 +190,13 @@ def build_server(settings: ServeSettings) -> ls.LitServer:
         timeout=settings.timeout_s,
         max_payload_size=settings.max_body_bytes,
         callbacks=[_MarkHttpStopped(http_stopped)],
-        middlewares=[(RequestMetricsMiddleware, {"metrics": metrics, "endpoints": IMAGE_ENDPOINTS + ("/v1/model",)})],
+        middlewares=[(RequestMetricsMiddleware, {"metrics": metrics, "endpoints": METRIC_ENDPOINTS})],
         model_metadata={"model": settings.model, "weights": settings.describe_weights()},
     )
     server.app.title = "pnasnet"
     server.app.description = "PNASNet-5 image classification and feature vectors (TF-Slim exact)."
     server.uvicorn_graceful_timeout = settings.graceful_timeout_s
-    _document_image_routes(server, settings)
+    _document_routes(server, api.spec)
     return server
 
 

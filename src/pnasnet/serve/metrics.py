@@ -12,6 +12,9 @@ import time
 
 from .predictor import BatchInfo
 
+#: Paths counted under their own name (the others: see :func:`endpoint_label`).
+METRIC_ENDPOINTS = ("/v1/classify", "/v1/features", "/v1/model")
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
 
@@ -24,7 +27,7 @@ class ServerMetrics:
 
         self.registry = CollectorRegistry()
         common = {"registry": self.registry}
-        self.requests = Counter("pnasnet_requests", "HTTP requests to /v1/ endpoints, by endpoint and status code",
+        self.requests = Counter("pnasnet_requests", "HTTP requests to /v1/ and /v2/ endpoints, by endpoint and status code",
                                 ["endpoint", "status"], **common)
         self.latency = Histogram("pnasnet_request_duration_seconds", "Time from arrival to answer, by endpoint",
                                  ["endpoint"], buckets=_LATENCY_BUCKETS, **common)
@@ -51,9 +54,22 @@ class ServerMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+def endpoint_label(path: str, endpoints: frozenset[str]) -> str:
+    """A bounded label for ``path``: itself when it is one of ``endpoints``; the protocol's route for
+    Open Inference Protocol / TF Serving paths (the model name is not a label); else "other"."""
+    if path in endpoints:
+        return path
+    if path.startswith("/v2/models/"):
+        tail = path.rsplit("/", 1)[-1]
+        return f"/v2/models/{tail}" if tail in ("infer", "ready") else "/v2/models/metadata"
+    if path.startswith("/v1/models/"):
+        return "/v1/models:predict" if path.endswith(":predict") else "/v1/models/status"
+    return "other"
+
+
 class RequestMetricsMiddleware:
-    """ASGI middleware: count and time every request under ``/v1/`` by endpoint and status
-    (paths other than ``endpoints`` are counted as "other", so clients cannot grow the label set)."""
+    """ASGI middleware: count and time every request under ``/v1/`` and ``/v2/`` by endpoint and
+    status (see :func:`endpoint_label`: clients cannot grow the label set)."""
 
     def __init__(self, app, metrics: ServerMetrics, endpoints: tuple[str, ...]):
         self.app = app
@@ -62,7 +78,7 @@ class RequestMetricsMiddleware:
 
     async def __call__(self, scope, receive, send):
         path = scope.get("path", "")
-        if scope["type"] != "http" or not path.startswith("/v1/"):
+        if scope["type"] != "http" or not path.startswith(("/v1/", "/v2/")):
             await self.app(scope, receive, send)
             return
         start, status = time.perf_counter(), 500
@@ -76,6 +92,6 @@ class RequestMetricsMiddleware:
         try:
             await self.app(scope, receive, send_and_note_status)
         finally:
-            endpoint = path if path in self.endpoints else "other"
+            endpoint = endpoint_label(path, self.endpoints)
             self.metrics.requests.labels(endpoint, str(status)).inc()
             self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)

@@ -25,10 +25,15 @@ from ..data import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, decode_to
 from ..tasks.batches import TRANSFORMS
 from ..tasks.inference import model_image_size
 
-__all__ = ["CLASSIFY", "FEATURES", "INFO", "BatchInfo", "ImageInput", "PredictRequest", "PredictResult",
+__all__ = ["CLASSIFY", "FEATURES", "INFO", "LOGITS", "BatchInfo", "ImageInput", "PredictRequest", "PredictResult",
            "Predictor", "class_labels"]
 
 CLASSIFY, FEATURES, INFO = "classify", "features", "info"
+#: The raw classifier outputs (float32 rows), plus the top ``top_k`` classes when ``top_k`` > 0: what
+#: the Open Inference Protocol and TF Serving adapters answer with.
+LOGITS = "logits"
+
+IMAGE_TASKS = (CLASSIFY, FEATURES, LOGITS)
 
 #: Error kinds a result can carry (the HTTP layer maps them to status codes).
 BAD_IMAGE, NOT_SUPPORTED, EXPIRED = "bad_image", "not_supported", "expired"
@@ -36,10 +41,13 @@ BAD_IMAGE, NOT_SUPPORTED, EXPIRED = "bad_image", "not_supported", "expired"
 
 @dataclass(frozen=True)
 class ImageInput:
-    """One encoded image of a request; ``name`` is the multipart file name, if any."""
+    """One image of a request: an encoded file (``data``), or ``pixels``, a float32 ``[H, W, 3]``
+    array in [0, 1] at the served size (the TF-Hub signature's input, taken as it is: no resize, no
+    crop). ``name`` is the multipart file name or the protocol's label for the image, if any."""
 
     data: bytes
     name: str | None = None
+    pixels: Any = None
 
 
 @dataclass(frozen=True)
@@ -68,11 +76,13 @@ class BatchInfo:
 @dataclass
 class PredictResult:
     """``outputs``: per image, ``[(index, label, probability), ...]`` (classify) or a float32 vector
-    (features); empty when ``error`` (a message naming the image) is set."""
+    (features, logits); empty when ``error`` (a message naming the image) is set. ``top_k``: for
+    LOGITS with ``top_k`` > 0, the classify lists beside the logits."""
 
     task: str
     names: list[str | None] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)
+    top_k: list[Any] | None = None
     error: str | None = None
     error_kind: str | None = None
     info: dict | None = None
@@ -140,8 +150,10 @@ class Predictor:
         self._refuse_expired(requests, results)
         pixels = self._decode(requests, results)
         images_run, model_seconds = 0, 0.0
-        for task, compute in ((CLASSIFY, getattr(self.model, "classify", None)), (FEATURES, self.model.features)):
-            members = [i for i, r in enumerate(requests) if r.task == task and results[i].error is None]
+        classify = getattr(self.model, "classify", None)
+        for tasks, compute in (((CLASSIFY, LOGITS), classify), ((FEATURES,), self.model.features)):
+            task = tasks[0]
+            members = [i for i, r in enumerate(requests) if r.task in tasks and results[i].error is None]
             if task == CLASSIFY and members and not self.model.num_classes:
                 for i in members:
                     self._refuse(results[i], NOT_SUPPORTED, "this is a feature-vector model: it has no "
@@ -164,12 +176,16 @@ class Predictor:
                 count = len(pixels[i])
                 rows = outputs[offset: offset + count]
                 offset += count
-                results[i].outputs = (decode_top_k(rows, requests[i].top_k, self.labels) if task == CLASSIFY
-                                      else list(rows.numpy()))
+                if requests[i].task == CLASSIFY:
+                    results[i].outputs = decode_top_k(rows, requests[i].top_k, self.labels)
+                else:
+                    results[i].outputs = list(rows.numpy())
+                    if requests[i].task == LOGITS and requests[i].top_k > 0:
+                        results[i].top_k = decode_top_k(rows, requests[i].top_k, self.labels)
         for i, request in enumerate(requests):
             if request.task == INFO:
                 results[i].info = self.info()
-            elif request.task not in (CLASSIFY, FEATURES):
+            elif request.task not in (CLASSIFY, FEATURES, LOGITS):
                 self._refuse(results[i], NOT_SUPPORTED, f"unknown task {request.task!r}")
         for position, result in enumerate(results):
             result.batch = BatchInfo(len(requests), images_run, model_seconds, position == 0)
@@ -187,7 +203,7 @@ class Predictor:
 
     def _decode(self, requests: Sequence[PredictRequest], results: list[PredictResult]) -> list[list[torch.Tensor]]:
         """Model inputs per request; a request with any undecodable image gets its error instead."""
-        jobs = [(i, image) for i, r in enumerate(requests) if r.task in (CLASSIFY, FEATURES) for image in r.images]
+        jobs = [(i, image) for i, r in enumerate(requests) if r.task in IMAGE_TASKS for image in r.images]
         done = (self._decoder.map(self._decode_one, [image for _, image in jobs]) if self._decoder and len(jobs) > 1
                 else map(self._decode_one, [image for _, image in jobs]))
         pixels: list[list[torch.Tensor]] = [[] for _ in requests]
@@ -198,11 +214,17 @@ class Predictor:
             elif reason is None:
                 pixels[i].append(tensor)
         for i, r in enumerate(requests):
-            if r.task in (CLASSIFY, FEATURES) and not r.images and results[i].error is None:
+            if r.task in IMAGE_TASKS and not r.images and results[i].error is None:
                 self._refuse(results[i], BAD_IMAGE, "no image in the request")
         return pixels
 
     def _decode_one(self, image: ImageInput) -> tuple[torch.Tensor | None, str | None]:
+        if image.pixels is not None:  # already checked by the protocol adapter: [size, size, 3] in [0, 1]
+            pixels = torch.as_tensor(image.pixels, dtype=torch.float32)
+            if tuple(pixels.shape) != (self.size, self.size, 3):
+                return None, (f"pixel array of shape {list(pixels.shape)}; this model takes "
+                              f"[{self.size}, {self.size}, 3]")
+            return pixels.permute(2, 0, 1).contiguous(), None
         try:
             return self.transform(decode_image(image.data, max_pixels=self.max_pixels), self.size), None
         except ImageDecodeError as error:

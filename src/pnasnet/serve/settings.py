@@ -21,6 +21,9 @@ class ServeSettings:
     # (testing only), or a model directory's own. `pnasnet serve` passes "tf-slim" unless told
     # otherwise (--weights none: None); in Python, as in create_model, None stays random.
     weights: str | None = None
+    # Name clients use in the Open Inference Protocol / TF Serving paths (/v2/models/NAME,
+    # /v1/models/NAME:predict); None = the variant's name, or "pnasnet" for "auto" / a model directory.
+    model_name: str | None = None
     seed: int = 0                       # seed of the random initialisation (weights None, a variant)
     image_size: int | None = None       # model input side; None = the model's own (331 / 224)
     transform: str = "tf-slim"          # "tf-slim" (published accuracy) or "resize"
@@ -82,8 +85,18 @@ class ServeSettings:
             check_backend_choice(self.backend, self.precision)
         except (ValueError, ImportError) as exc:
             raise ValueError(f"--backend {self.backend} --precision {self.precision}: {exc}") from None
+        if self.model_name is not None and (not self.model_name or any(c in self.model_name for c in "/:?#% ")):
+            raise ValueError(f"--model-name must be a non-empty name without / : ? # % or spaces, "
+                             f"got {self.model_name!r}")
         if not 1 <= self.port <= 65535:
             raise ValueError(f"--port must be within 1..65535, got {self.port}")
+
+    def served_name(self) -> str:
+        if self.model_name:
+            return self.model_name
+        from ..api import is_model_dir
+
+        return "pnasnet" if self.model == "auto" or is_model_dir(self.model) else self.model
 
     def describe_weights(self) -> str:
         from ..api import is_model_dir
