@@ -43,8 +43,8 @@ def test_head_mode_learns_and_the_model_directory_classifies(textures, tmp_path,
     assert table == {"brick": 36, "grass": 36, "gravel": 36}  # the class balance: train + val per class
     assert "epoch 1/30  loss" in err and "epoch 30/30  loss" in err and "validation accuracy" in err
 
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "curves.png", "labels.txt", "metrics.json",
-                                                     "model.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "curves.png", "labels.txt",
+                                                     "metrics.json", "model.safetensors"]
     assert (out / "labels.txt").read_text().splitlines() == list(TEXTURES)
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())

@@ -16,16 +16,23 @@ recipe PNASNet was trained with:
 The sampling follows those parameters, not TF's exact random streams (TF cannot be matched bit for
 bit without its RNG). ``flip`` is the evaluation transform plus step 3; ``none`` the evaluation
 transform alone.
+
+:class:`GeometricAugmentation` adds make_image_classifier's other augmentations (Keras'
+``ImageDataGenerator`` with ``rotation_range``, ``width_shift_range``, ``height_shift_range``,
+``zoom_range``) to any of them: one random affine map of the ``size x size`` result about its centre,
+bilinear, with the border pixels repeated outside the image (Keras' ``fill_mode="nearest"``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["TrainingTransform", "random_box", "tf_slim_train_transform"]
+__all__ = ["GeometricAugmentation", "TrainingTransform", "random_box", "tf_slim_train_transform"]
 
 _BRIGHTNESS_DELTA = 32.0 / 255.0
 _SATURATION_RANGE = (0.5, 1.5)
@@ -81,13 +88,70 @@ def tf_slim_train_transform(pixels: np.ndarray, size: int, generator: torch.Gene
     return image.clamp_(0.0, 1.0).contiguous()
 
 
+@dataclass(frozen=True)
+class GeometricAugmentation:
+    """make_image_classifier's rotation, shifts and zoom (Keras ``ImageDataGenerator`` semantics),
+    each off at 0:
+
+    - ``rotation_range``: degrees, the angle drawn uniformly from ``[-r, r]``;
+    - ``width_shift_range`` / ``height_shift_range``: below 1 a fraction of the side, from 1 on
+      pixels; the shift drawn uniformly from ``[-w, w]``;
+    - ``zoom_range``: each axis scaled by its own factor from ``[1 - z, 1 + z]`` (below 1 magnifies).
+
+    Draws come from the image's generator (rotation, horizontal then vertical shift, the two zoom
+    factors; only those that are on), after the base transform's draws."""
+
+    rotation_range: float = 0.0
+    width_shift_range: float = 0.0
+    height_shift_range: float = 0.0
+    zoom_range: float = 0.0
+
+    @property
+    def active(self) -> bool:
+        return any((self.rotation_range, self.width_shift_range, self.height_shift_range, self.zoom_range))
+
+    def matrix(self, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """The random ``[2, 3]`` map from output to input coordinates, both normalised to
+        ``[-1, 1]`` (``F.affine_grid``'s convention, ``align_corners=False``)."""
+        angle = math.radians(_uniform(generator, -self.rotation_range, self.rotation_range)) \
+            if self.rotation_range else 0.0
+
+        def shift(span: float, side: int) -> float:  # in normalised units (2 = the whole side)
+            if not span:
+                return 0.0
+            pixels = _uniform(generator, -span, span) * (side if span < 1 else 1.0)
+            return 2.0 * pixels / side
+
+        tx, ty = shift(self.width_shift_range, width), shift(self.height_shift_range, height)
+        zx, zy = ((_uniform(generator, 1 - self.zoom_range, 1 + self.zoom_range),
+                   _uniform(generator, 1 - self.zoom_range, 1 + self.zoom_range)) if self.zoom_range else (1.0, 1.0))
+        # input = R @ (Z @ output + t), rotating in pixel units (the aspect ratio undone around it)
+        aspect = width / height
+        cos, sin = math.cos(angle), math.sin(angle)
+        rotation = torch.tensor([[cos, -sin / aspect], [sin * aspect, cos]], dtype=torch.float64)
+        linear = rotation @ torch.diag(torch.tensor([zx, zy], dtype=torch.float64))
+        offset = rotation @ torch.tensor([tx, ty], dtype=torch.float64)
+        return torch.cat([linear, offset[:, None]], dim=1).float()
+
+    def __call__(self, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``image``: float ``[3, H, W]``; the same shape back, transformed."""
+        if not self.active:
+            return image
+        theta = self.matrix(image.shape[-2], image.shape[-1], generator)
+        grid = F.affine_grid(theta[None], [1, *image.shape], align_corners=False)
+        out = F.grid_sample(image[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+        return out.clamp_(0.0, 1.0).contiguous()
+
+
 class TrainingTransform:
     """The transform for ``augment`` (``tf-slim``, ``flip`` or ``none``) as ``f(pixels, size,
     generator)``; ``eval_transform`` names the evaluation transform (``tf-slim`` or ``resize``) that
-    ``flip`` and ``none`` build on. A class rather than a closure so that decoding worker
-    processes can receive it whatever their start method."""
+    ``flip`` and ``none`` build on; ``geometry`` adds rotation, shifts and zoom after it. A class
+    rather than a closure so that decoding worker processes can receive it whatever their start
+    method."""
 
-    def __init__(self, augment: str, eval_transform: str = "tf-slim"):
+    def __init__(self, augment: str, eval_transform: str = "tf-slim",
+                 geometry: GeometricAugmentation | None = None):
         from ..tasks.batches import TRANSFORMS
 
         if augment not in ("tf-slim", "flip", "none"):
@@ -96,8 +160,13 @@ class TrainingTransform:
             raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}, got {eval_transform!r}")
         self.augment = augment
         self.eval_transform = eval_transform
+        self.geometry = geometry if geometry is not None and geometry.active else None
 
     def __call__(self, pixels: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
+        image = self._base(pixels, size, generator)
+        return self.geometry(image, generator) if self.geometry is not None else image
+
+    def _base(self, pixels: np.ndarray, size: int, generator: torch.Generator) -> torch.Tensor:
         from ..tasks.batches import TRANSFORMS
 
         if self.augment == "tf-slim":

@@ -10,6 +10,11 @@ the seed and need no state (:mod:`pnasnet.training.rng`).
 Written to a temporary file, flushed and renamed: a kill leaves the previous checkpoint or the new
 one, never a torn file. Read back with ``torch.load(weights_only=True)`` (tensors and plain
 containers only, no code).
+
+With ``keep="best"``, the weights of the best epoch so far live beside it in
+``training-best-epoch-<E>.pt``: written when an epoch improves on the best, before the checkpoint
+that records that epoch in its history; the previous best file is removed after that checkpoint.
+A kill in between leaves both files, and the checkpoint's history says which one counts.
 """
 
 from __future__ import annotations
@@ -24,10 +29,12 @@ import torch
 from ..atomic_files import atomic_path
 from ..file_locks import lock_exclusively
 
-__all__ = ["CHECKPOINT_FILE", "CheckpointMismatchError", "ModelDirBusyError", "ModelDirLock", "check_identity",
-           "load_checkpoint", "save_checkpoint"]
+__all__ = ["BEST_FILE_PATTERN", "CHECKPOINT_FILE", "CheckpointMismatchError", "ModelDirBusyError", "ModelDirLock",
+           "best_weights_path", "check_identity", "load_best_weights", "load_checkpoint", "remove_best_weights",
+           "save_best_weights", "save_checkpoint"]
 
 CHECKPOINT_FILE = "training-checkpoint.pt"
+BEST_FILE_PATTERN = "training-best-epoch-*.pt"
 FORMAT = 1
 
 
@@ -51,6 +58,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a pnasnet training checkpoint (format {FORMAT})")
     return state
+
+
+def best_weights_path(folder: str | os.PathLike, epoch: int) -> Path:
+    return Path(folder) / f"training-best-epoch-{epoch}.pt"
+
+
+def save_best_weights(folder: str | os.PathLike, epoch: int, state_dict: dict[str, torch.Tensor]) -> Path:
+    """The model's state after ``epoch`` (1-based), the best so far."""
+    path = best_weights_path(folder, epoch)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "epoch": epoch,
+                    "model": {k: v.detach().cpu() for k, v in state_dict.items()}}, tmp)
+    return path
+
+
+def load_best_weights(folder: str | os.PathLike, epoch: int) -> dict[str, torch.Tensor]:
+    path = best_weights_path(folder, epoch)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the weights of the best epoch ({epoch}) are missing; run with "
+                                "--overwrite to train again")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("epoch") != epoch:
+        raise ValueError(f"{path}: not the weights of epoch {epoch}")
+    return state["model"]
+
+
+def remove_best_weights(folder: str | os.PathLike, *, keep_epoch: int | None = None) -> None:
+    """Remove the best-epoch files in ``folder`` except that of ``keep_epoch``."""
+    for path in Path(folder).glob(BEST_FILE_PATTERN):
+        if keep_epoch is None or path != best_weights_path(folder, keep_epoch):
+            path.unlink(missing_ok=True)
 
 
 def check_identity(saved_json: str, current: dict, where: str) -> None:

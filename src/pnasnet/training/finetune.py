@@ -1,7 +1,9 @@
 """Full mode: fine-tune the whole network (or all but its first cells) with TF-Hub v3's training
 semantics (``PNASNet.train()``: batch statistics with moving averages at the set decay, drop path
 held at its final keep probability, dropout before the final layer), optionally with TF-Slim's aux
-head (loss weight 0.4), checkpointing every epoch and on Ctrl-C, and resuming exactly.
+head (loss weight 0.4), checkpointing every epoch and on Ctrl-C, and resuming exactly; optionally
+with per-class loss weights, and keeping the best epoch's weights (``keep="best"``) beside the
+checkpoint.
 
 :class:`FineTuner` owns the model and optimizer and does one optimizer step at a time;
 :func:`fine_tune` is the epoch loop around it.
@@ -21,15 +23,15 @@ from torch import nn
 
 from ..model import PNASNet
 from ..tasks.inference import run_model
-from .augment import TrainingTransform
-from .checkpoint import save_checkpoint
+from .augment import GeometricAugmentation, TrainingTransform
+from .checkpoint import remove_best_weights, save_best_weights, save_checkpoint
 from .dataset import LabeledImage
 from .distributed import DistContext, convert_sync_batch_norm, shard, wrap_ddp
 from .loader import AugmentedImages, epoch_batches, training_batches
 from .objective import classification_loss, l2_penalty, learning_rate_factor
 from .options import TrainOptions
 from .progress import SilentReporter, StopRequest, TrainingInterrupted, TrainReporter
-from .report import EpochRecord
+from .report import EpochRecord, best_epoch
 from .rng import derive_seed, get_rng_state, set_rng_state
 
 __all__ = ["FineTuner", "evaluate_model", "fine_tune", "layer_groups"]
@@ -57,10 +59,11 @@ class FineTuner:
       ``learning_rate * layer_lr_decay ** d``.
     - ``accumulation_steps = k``: each optimizer step sums the gradients of ``k`` micro-batches,
       weighted so that the step equals one over the whole batch (batch norm sees the micro-batches).
+    - ``class_weights``: each image's loss (main and aux) times its class's weight.
     """
 
     def __init__(self, model: PNASNet, options: TrainOptions, *, total_steps: int, device: torch.device,
-                 dist: DistContext | None = None):
+                 dist: DistContext | None = None, class_weights: Sequence[float] | None = None):
         if options.freeze_cells > len(model.cell_names):
             raise ValueError(f"cannot freeze {options.freeze_cells} cells: the model has {len(model.cell_names)} "
                              f"({', '.join(model.cell_names)})")
@@ -86,6 +89,8 @@ class FineTuner:
                                      "lr_multiplier": options.layer_lr_decay ** depth})
         self.optimizer = torch.optim.SGD(param_groups, lr=options.learning_rate, momentum=options.momentum)
         self.autocast_dtype = torch.bfloat16 if options.bfloat16 else None
+        self.class_weights = (torch.tensor(class_weights, dtype=torch.float32, device=device)
+                              if class_weights is not None else None)
         # [distributed] the model wrapped in DDP (gradients averaged over the processes); None alone
         self.dist = dist
         self.ddp = wrap_ddp(model, dist) if dist is not None else None
@@ -112,11 +117,11 @@ class FineTuner:
                 logits, aux_logits = self.model.classify(images, with_aux=True)
             else:
                 logits, aux_logits = self.model.classify(images), None
-        loss = classification_loss(logits, labels, self.options.label_smoothing)
+        loss = classification_loss(logits, labels, self.options.label_smoothing, self.class_weights)
         total = loss
         if aux_logits is not None:
             total = total + self.options.aux_loss_weight * classification_loss(
-                aux_logits, labels, self.options.label_smoothing)
+                aux_logits, labels, self.options.label_smoothing, self.class_weights)
         return total, loss.detach(), logits.detach()
 
     def _begin_step(self, images: torch.Tensor, labels: torch.Tensor,
@@ -213,10 +218,12 @@ def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: 
               options: TrainOptions, *, image_size: int, checkpoint_path: str | Path, identity: dict,
               resume: dict | None = None, device: torch.device | str = "cpu", workers: int = 0,
               reporter: TrainReporter | None = None, stop: StopRequest | None = None,
-              dist: DistContext | None = None) -> list[EpochRecord]:
+              dist: DistContext | None = None, class_weights: Sequence[float] | None = None) -> list[EpochRecord]:
     """Train ``model`` for ``options.total_epochs`` epochs, from ``resume`` (a loaded checkpoint)
     if given; save a checkpoint after every epoch and when ``stop`` is requested (then raise
-    :class:`TrainingInterrupted`). Returns the per-epoch history.
+    :class:`TrainingInterrupted`). Returns the per-epoch history; the model is left with the last
+    epoch's weights (with ``options.keep == "best"`` the best epoch's are in the file
+    :func:`~pnasnet.training.checkpoint.best_weights_path` names, beside the checkpoint).
 
     [distributed] ``dist``: this process's share of every batch, gradients averaged by DDP, the
     step's sums and Ctrl-C added up over the processes, rank 0 alone saves and validates."""
@@ -230,9 +237,14 @@ def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: 
             model.load_state_dict(resume["model"])  # before DDP copies rank 0's weights to every process
         if options.sync_batch_norm:
             convert_sync_batch_norm(model)
-    tuner = FineTuner(model, options, total_steps=epochs * steps_per_epoch, device=device, dist=dist)
-    dataset = AugmentedImages(train_images, image_size, TrainingTransform(options.augment, options.transform),
-                              options.seed)
+    tuner = FineTuner(model, options, total_steps=epochs * steps_per_epoch, device=device, dist=dist,
+                      class_weights=class_weights)
+    geometry = GeometricAugmentation(options.rotation_range, options.width_shift_range, options.height_shift_range,
+                                     options.zoom_range)
+    dataset = AugmentedImages(train_images, image_size,
+                              TrainingTransform(options.augment, options.transform, geometry), options.seed)
+    checkpoint_dir = Path(checkpoint_path).parent
+    keeps_best = options.keep == "best" and (dist is None or dist.is_main)  # [distributed] rank 0 validates
 
     if resume is not None:
         model.load_state_dict(resume["model"])
@@ -241,6 +253,9 @@ def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: 
         epoch, done_steps, global_step = resume["epoch"], resume["step"], resume["global_step"]
         partial = dict(resume["partial"])
         history = [EpochRecord(**r) for r in resume["history"]]
+        if keeps_best:  # a file written after the checkpoint, by the run that was stopped, does not count
+            best = best_epoch(history)
+            remove_best_weights(checkpoint_dir, keep_epoch=best.epoch if best is not None else None)
     else:
         # [distributed] rank 0 draws what a single process draws; the others their own streams
         torch.manual_seed(derive_seed(options.seed, "train") if dist is None or dist.is_main else
@@ -248,6 +263,8 @@ def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: 
         epoch, done_steps, global_step = 0, 0, 0
         partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
         history = []
+        if keeps_best:
+            remove_best_weights(checkpoint_dir)  # left by an earlier run
 
     def save(epoch_now: int, step_now: int) -> None:
         if dist is not None:  # [distributed] every rank's RNG to rank 0, which alone writes
@@ -305,11 +322,16 @@ def fine_tune(model: PNASNet, train_images: Sequence[LabeledImage], val_images: 
                 batch_size=options.inference_batch_size, workers=workers, label_smoothing=options.label_smoothing)
         record.seconds = time.perf_counter() - started
         history.append(record)
+        improved = keeps_best and best_epoch(history) is record
+        if improved:  # before the checkpoint that records this epoch
+            save_best_weights(checkpoint_dir, record.epoch, model.state_dict())
         epoch, done_steps = epoch + 1, 0
         partial = {"loss_sum": 0.0, "correct": 0, "seen": 0, "seconds": 0.0}
-        save(epoch, 0)
         per_epoch = sum(r.seconds for r in history) / len(history)
-        reporter.epoch_end(record, per_epoch * (epochs - epoch))
+        reporter.epoch_end(record, per_epoch * (epochs - epoch))  # logs (TensorBoard) before the checkpoint
+        save(epoch, 0)
+        if improved:
+            remove_best_weights(checkpoint_dir, keep_epoch=record.epoch)
         if dist is not None and epoch < epochs:  # [distributed] a Ctrl-C during validation, on any rank
             stopping = dist.all_sum([float(stop is not None and stop.requested)])[0]
             if stopping and stop is not None:

@@ -16,6 +16,8 @@ MODES = ("head", "full")
 AUGMENTATIONS = ("tf-slim", "flip", "none")
 LR_SCHEDULES = ("constant", "cosine")
 FREEZE_BN_CHOICES = ("auto", "on", "off")
+KEEP_CHOICES = ("last", "best")
+CLASS_WEIGHTS = ("none", "balanced")
 
 # make_image_classifier trained 5 epochs whatever the mode. With cached features an epoch of head
 # training costs milliseconds, and 5 epochs of a few hundred images is only a few dozen steps of
@@ -43,8 +45,18 @@ class TrainOptions:
     transform: str = "tf-slim"            # evaluation transform: tf-slim (central crop) or resize
     seed: int = 0
     lr_schedule: str = "constant"         # constant (make_image_classifier) or cosine to zero
+    # last: the weights after the last epoch (what make_image_classifier exports); best: those of the
+    # epoch with the highest validation accuracy (ties: lower validation loss, then the earlier epoch)
+    keep: str = "last"
+    class_weight: str = "none"            # balanced: loss x n_samples / (n_classes * n_class), per class
     # full mode only
     augment: str = "tf-slim"              # tf-slim (random box crop, flip, colour), flip, none
+    # make_image_classifier's other augmentations, applied after ``augment``; 0 = off (its default:
+    # off unless --do_data_augmentation, then 40 / 0.2 / 0.2 / 0.2)
+    rotation_range: float = 0.0           # degrees: a random rotation in [-r, r]
+    width_shift_range: float = 0.0        # < 1: fraction of the width; >= 1: pixels; a shift in [-w, w]
+    height_shift_range: float = 0.0       # likewise for the height
+    zoom_range: float = 0.0               # each axis scaled by a random factor in [1 - z, 1 + z]
     batch_norm_decay: float = DEFAULT_BN_DECAY
     freeze_batch_norm: str = "auto"       # auto: frozen when a forward pass sees < 8 images
     freeze_cells: int = 0                 # stem conv + the first N of model.cell_names
@@ -61,6 +73,7 @@ class TrainOptions:
     device: str | None = field(default=None, metadata={"runtime": True})
     inference_batch_size: int = field(default=32, metadata={"runtime": True})
     cache_dir: str | None = field(default=None, metadata={"runtime": True})
+    tensorboard: str | None = field(default=None, metadata={"runtime": True})  # log folder for TensorBoard
 
     def __post_init__(self) -> None:
         self.validate()
@@ -90,6 +103,11 @@ class TrainOptions:
     def to_json_dict(self) -> dict:
         return dataclasses.asdict(self) | {"epochs": self.total_epochs}
 
+    @property
+    def geometric_augmentation(self) -> bool:
+        """Any of make_image_classifier's rotation, shifts or zoom asked for."""
+        return any((self.rotation_range, self.width_shift_range, self.height_shift_range, self.zoom_range))
+
     # ------------------------------------------------------------------------------ checks
     def validate(self) -> None:
         def need(condition: bool, message: str) -> None:
@@ -109,6 +127,16 @@ class TrainOptions:
         need(self.image_size is None or self.image_size >= 1, f"image size must be positive, got {self.image_size}")
         need(self.transform in ("tf-slim", "resize"), f"transform must be tf-slim or resize, got {self.transform!r}")
         need(self.lr_schedule in LR_SCHEDULES, f"lr schedule must be one of {', '.join(LR_SCHEDULES)}")
+        need(self.keep in KEEP_CHOICES, f"keep must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}")
+        need(self.keep != "best" or self.validation_fraction > 0,
+             "keep 'best' picks the epoch by validation accuracy: it needs validation images "
+             "(a validation fraction above 0)")
+        need(self.class_weight in CLASS_WEIGHTS,
+             f"class weight must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weight!r}")
+        need(0 <= self.rotation_range <= 180, f"rotation range must be in [0, 180] degrees, got {self.rotation_range}")
+        need(self.width_shift_range >= 0, f"width shift range must be 0 or more, got {self.width_shift_range}")
+        need(self.height_shift_range >= 0, f"height shift range must be 0 or more, got {self.height_shift_range}")
+        need(0 <= self.zoom_range < 1, f"zoom range must be in [0, 1), got {self.zoom_range}")
         need(self.augment in AUGMENTATIONS, f"augment must be one of {', '.join(AUGMENTATIONS)}, got {self.augment!r}")
         need(0 <= self.batch_norm_decay <= 1, f"batch norm decay must be in [0, 1], got {self.batch_norm_decay}")
         need(self.freeze_batch_norm in FREEZE_BN_CHOICES,
@@ -122,7 +150,8 @@ class TrainOptions:
              f"accumulation steps must be between 1 and the batch size, got {self.accumulation_steps}")
         need(self.inference_batch_size >= 1, "inference batch size must be at least 1")
         if self.mode == "head":
-            full_only = ("augment", "batch_norm_decay", "freeze_batch_norm", "freeze_cells", "aux_head",
+            full_only = ("augment", "rotation_range", "width_shift_range", "height_shift_range", "zoom_range",
+                         "batch_norm_decay", "freeze_batch_norm", "freeze_cells", "aux_head",
                          "layer_lr_decay", "drop_path_keep_prob", "accumulation_steps", "bfloat16",
                          "sync_batch_norm")
             defaults = {f.name: f.default for f in dataclasses.fields(self)}

@@ -1,9 +1,10 @@
-"""What a training run reports: per-epoch records, the evaluation of the final model (accuracy,
-confusion matrix, per-class precision and recall) and a PNG of the learning curves (drawn with
-Pillow, so no plotting library is needed)."""
+"""What a training run reports: per-epoch records, the epoch kept, the evaluation of the kept
+model (accuracy, confusion matrix, per-class precision and recall) and a PNG of the learning curves
+drawn with matplotlib (the ``train`` extra; without it the numbers alone are written)."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from dataclasses import asdict, dataclass
@@ -12,14 +13,20 @@ from typing import Sequence
 
 from ..atomic_files import atomic_path
 
-__all__ = ["EpochRecord", "confusion_matrix", "draw_learning_curves", "evaluation_report", "per_class_metrics"]
+__all__ = ["EpochRecord", "MISSING_MATPLOTLIB", "best_epoch", "confusion_matrix", "draw_learning_curves",
+           "evaluation_report", "kept_epoch", "learning_curves_figure", "matplotlib_available", "per_class_metrics"]
+
+MISSING_MATPLOTLIB = ("matplotlib is not installed: no curves.png (metrics.json has the numbers); "
+                      "pip install 'pnasnet[train]' for the learning curves")
 
 
 @dataclass
 class EpochRecord:
     """One epoch. Training loss/accuracy are averaged over the epoch's steps in training mode
     (dropout on), as Keras reports them; validation ones come from the model in inference mode
-    after the epoch. Losses are the cross-entropy with label smoothing, without the L2 term."""
+    after the epoch. Losses are the cross-entropy with label smoothing, without the L2 term; with
+    class weights the training loss is the weighted one (what is minimised, as Keras reports it),
+    the validation loss the plain one."""
 
     epoch: int                      # 1-based
     train_loss: float
@@ -31,6 +38,26 @@ class EpochRecord:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def best_epoch(history: Sequence[EpochRecord]) -> EpochRecord | None:
+    """The epoch with the highest validation accuracy; ties go to the lower validation loss, then
+    to the earlier epoch. None without validation metrics."""
+    scored = [r for r in history if r.val_accuracy is not None]
+    if not scored:
+        return None
+    return min(scored, key=lambda r: (-r.val_accuracy, r.val_loss if r.val_loss is not None else math.inf, r.epoch))
+
+
+def kept_epoch(history: Sequence[EpochRecord], keep: str) -> EpochRecord | None:
+    """The record of the epoch whose weights ``keep`` (``last`` or ``best``) writes."""
+    if not history:
+        return None
+    if keep == "last":
+        return history[-1]
+    if keep == "best":
+        return best_epoch(history)
+    raise ValueError(f"keep must be last or best, got {keep!r}")
 
 
 def confusion_matrix(true: Sequence[int], predicted: Sequence[int], num_classes: int) -> list[list[int]]:
@@ -72,82 +99,67 @@ def evaluation_report(true: Sequence[int], predicted: Sequence[int], labels: Seq
 
 
 # ------------------------------------------------------------------------------------------ plot
-_SIZE = (1000, 420)
-_PANEL_MARGIN = dict(left=70, right=20, top=40, bottom=50)
-_TRAIN_COLOUR, _VAL_COLOUR, _AXIS_COLOUR, _GRID_COLOUR = (31, 119, 180), (255, 127, 14), (40, 40, 40), (225, 225, 225)
+_TRAIN_COLOUR, _VAL_COLOUR = "tab:blue", "tab:orange"
 
 
-def _nice_range(values: Sequence[float], floor_zero: bool) -> tuple[float, float]:
-    low, high = min(values), max(values)
-    if floor_zero:
-        low = min(0.0, low)
-    if high - low < 1e-9:
-        high = low + 1.0
-    pad = 0.05 * (high - low)
-    return (low if floor_zero else low - pad), high + pad
+def matplotlib_available() -> bool:
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        return False
+    return True
 
 
-def _draw_panel(draw, font, box: tuple[int, int, int, int], title: str, epochs: list[int],
-                series: list[tuple[str, list[float | None], tuple[int, int, int]]], *, fixed: tuple[float, float] | None,
-                floor_zero: bool) -> None:
-    x0, y0, x1, y1 = box
-    left, top = x0 + _PANEL_MARGIN["left"], y0 + _PANEL_MARGIN["top"]
-    right, bottom = x1 - _PANEL_MARGIN["right"], y1 - _PANEL_MARGIN["bottom"]
-    values = [v for _, vs, _ in series for v in vs if v is not None and math.isfinite(v)]
-    low, high = fixed if fixed is not None else _nice_range(values or [0.0, 1.0], floor_zero)
-    first, last = epochs[0], max(epochs[-1], epochs[0] + 1)
-
-    def to_xy(epoch: float, value: float) -> tuple[float, float]:
-        return (left + (epoch - first) / (last - first) * (right - left),
-                bottom - (value - low) / (high - low) * (bottom - top))
-
-    draw.text(((left + right) / 2, y0 + 12), title, fill=_AXIS_COLOUR, font=font, anchor="mm")
-    for i in range(6):  # horizontal grid with value labels
-        value = low + i * (high - low) / 5
-        _, y = to_xy(first, value)
-        draw.line([(left, y), (right, y)], fill=_GRID_COLOUR)
-        draw.text((left - 6, y), f"{value:.3g}", fill=_AXIS_COLOUR, font=font, anchor="rm")
-    step = max(1, math.ceil(len(epochs) / 10))
-    for epoch in epochs[::step] + ([epochs[-1]] if (len(epochs) - 1) % step else []):
-        x, _ = to_xy(epoch, low)
-        draw.line([(x, bottom), (x, bottom + 4)], fill=_AXIS_COLOUR)
-        draw.text((x, bottom + 8), str(epoch), fill=_AXIS_COLOUR, font=font, anchor="mt")
-    draw.text(((left + right) / 2, y1 - 14), "epoch", fill=_AXIS_COLOUR, font=font, anchor="mm")
-    draw.rectangle([left, top, right, bottom], outline=_AXIS_COLOUR)
-    legend_y = top + 8
-    for name, vs, colour in series:
-        points = [to_xy(e, v) for e, v in zip(epochs, vs) if v is not None and math.isfinite(v)]
-        if not points:
-            continue
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse([x - 2.5, y - 2.5, x + 2.5, y + 2.5], fill=colour)
-        draw.line([(right - 110, legend_y), (right - 90, legend_y)], fill=colour, width=3)
-        draw.text((right - 84, legend_y), name, fill=_AXIS_COLOUR, font=font, anchor="lm")
-        legend_y += 16
+def _finite(values: Sequence[float | None]) -> list[float]:
+    return [math.nan if v is None or not math.isfinite(v) else float(v) for v in values]
 
 
-def draw_learning_curves(history: Sequence[EpochRecord], path: str | os.PathLike, *, title: str = "") -> Path:
-    """Loss (left) and accuracy (right) per epoch, training and validation, as a PNG at ``path``."""
-    from PIL import Image, ImageDraw, ImageFont
+def learning_curves_figure(history: Sequence[EpochRecord], *, title: str = "", kept: int | None = None):
+    """A matplotlib ``Figure``: loss (left) and accuracy (right) per epoch, training and validation,
+    integer epoch ticks; ``kept``: the epoch whose weights were kept, marked when it is not the
+    last. None when matplotlib is not installed. No pyplot: no global state, no display."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError:
+        return None
 
-    path = Path(path)
-    image = Image.new("RGB", _SIZE, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    epochs = [r.epoch for r in history] or [1]
-    half = _SIZE[0] // 2
-    top = 20 if title else 0
+    epochs = [r.epoch for r in history]
+    figure = Figure(figsize=(10, 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    panels = ((loss_axes, "loss", [r.train_loss for r in history], [r.val_loss for r in history]),
+              (accuracy_axes, "accuracy", [r.train_accuracy for r in history], [r.val_accuracy for r in history]))
+    marker = "o" if len(epochs) <= 30 else None
+    for axes, name, train, val in panels:
+        axes.plot(epochs, _finite(train), color=_TRAIN_COLOUR, marker=marker, markersize=4, label="training")
+        if any(v is not None for v in val):
+            axes.plot(epochs, _finite(val), color=_VAL_COLOUR, marker=marker, markersize=4, label="validation")
+        if kept is not None and epochs and kept != epochs[-1]:
+            axes.axvline(kept, color="grey", linestyle="--", linewidth=1, label=f"kept (epoch {kept})")
+        axes.set_title(name)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:
+            axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
+        axes.grid(True, color="0.9")
+        axes.legend(loc="best", fontsize="small")
+    accuracy_axes.set_ylim(-0.02, 1.02)
+    loss_axes.set_ylim(bottom=0)
     if title:
-        draw.text((_SIZE[0] / 2, 12), title, fill=_AXIS_COLOUR, font=font, anchor="mm")
-    _draw_panel(draw, font, (0, top, half, _SIZE[1]), "loss", epochs,
-                [("train", [r.train_loss for r in history], _TRAIN_COLOUR),
-                 ("validation", [r.val_loss for r in history], _VAL_COLOUR)], fixed=None, floor_zero=True)
-    _draw_panel(draw, font, (half, top, _SIZE[0], _SIZE[1]), "accuracy", epochs,
-                [("train", [r.train_accuracy for r in history], _TRAIN_COLOUR),
-                 ("validation", [r.val_accuracy for r in history], _VAL_COLOUR)], fixed=(0.0, 1.0),
-                floor_zero=True)
+        figure.suptitle(title)
+    return figure
+
+
+def draw_learning_curves(history: Sequence[EpochRecord], path: str | os.PathLike, *, title: str = "",
+                         kept: int | None = None) -> Path | None:
+    """:func:`learning_curves_figure` as a PNG at ``path`` (written atomically). Returns None,
+    writing nothing, when matplotlib is not installed."""
+    figure = learning_curves_figure(history, title=title, kept=kept)
+    if figure is None:
+        return None
+    path = Path(path)
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        figure.savefig(tmp, format="png")
     return path

@@ -6,8 +6,11 @@
 2. ``head``: feature vectors from the cache or computed (resumable), a new final layer trained on
    them. ``full``: the classifier fine-tuned end to end, checkpointed every epoch, resumed from the
    checkpoint in ``MODEL_DIR`` when the same run is started again.
-3. Evaluate the final model on the validation images and write ``MODEL_DIR``
-   (:mod:`pnasnet.training.model_dir`).
+3. Keep the last epoch's weights or the best one's (``keep``), evaluate them on the validation
+   images and write ``MODEL_DIR`` (:mod:`pnasnet.training.model_dir`) with its model card.
+
+Class weights (``class_weight="balanced"``) come from the training images of each class; the
+TensorBoard log (``tensorboard=DIR``) is written by a reporter wrapped around the run's reporter.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 from ..model import PNASNet, PNASNetConfig
 from ..tasks import default_workers
 from ..tasks.inference import model_image_size
-from .checkpoint import CHECKPOINT_FILE, ModelDirLock, check_identity, load_checkpoint
+from .checkpoint import CHECKPOINT_FILE, ModelDirLock, check_identity, load_best_weights, load_checkpoint
 from . import distributed
 from .dataset import ImageFolder, LabeledImage, Split, check_class_counts, scan_image_folder, split_train_validation
 from .feature_cache import cached_features
@@ -36,11 +39,14 @@ from .finetune import evaluate_model, fine_tune
 from .head import evaluate_head, train_head
 from .loader import find_unreadable
 from .model_dir import prepare_model_dir, remove_checkpoint, write_model_dir
+from .model_card import equivalent_command
 from .models import build_classifier, describe_base, inference_copy, load_backbone
+from .objective import class_weights
 from .options import TrainOptions
 from .progress import ConsoleReporter, SilentReporter, TrainReporter, stop_on_interrupt
-from .report import EpochRecord, evaluation_report
+from .report import MISSING_MATPLOTLIB, EpochRecord, best_epoch, evaluation_report, kept_epoch, matplotlib_available
 from .rng import derive_seed
+from .tensorboard import TensorBoardReporter, check_tensorboard_available
 
 __all__ = ["TrainResult", "train"]
 
@@ -56,6 +62,7 @@ class TrainResult:
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     resumed: str | None = None                # where a full-mode run resumed from
+    kept_epoch: int | None = None             # the epoch whose weights were written (1-based)
 
     @property
     def val_accuracy(self) -> float | None:
@@ -99,6 +106,15 @@ def _readable_split(folder: ImageFolder, unreadable: Sequence[tuple[str, str]], 
     return split
 
 
+def _class_weights(folder: ImageFolder, split: Split, options: TrainOptions,
+                   reporter: TrainReporter) -> list[float] | None:
+    weights = class_weights([row["train"] for row in split.balance(folder.classes)], options.class_weight)
+    if weights is not None:
+        reporter.note(f"class weights ({options.class_weight}): "
+                      + ", ".join(f"{label} {w:.3g}" for label, w in zip(folder.classes, weights)))
+    return weights
+
+
 def _data_identity(folder: ImageFolder, split: Split) -> str:
     listing = {"classes": folder.classes,
                "train": [(im.name, im.label) for im in split.train],
@@ -115,7 +131,7 @@ def _stack(vectors: dict[str, np.ndarray], images: Sequence[LabeledImage]) -> tu
 
 def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = "pnasnet5_large",
           weights: str | os.PathLike | None = "tf-slim", options: TrainOptions | None = None, overwrite: bool = False,
-          reporter: TrainReporter | None = None, **settings) -> TrainResult:
+          reporter: TrainReporter | None = None, command: Sequence[str] | None = None, **settings) -> TrainResult:
     """Train a classifier for the classes in ``image_dir`` (one sub-folder each) on top of
     ``model`` with ``weights``, and write it to the model directory ``out``.
 
@@ -125,12 +141,16 @@ def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = 
     ``options`` / ``settings``: :class:`TrainOptions` or its fields as keywords (``mode="full"``,
     ``epochs=3``, ...). ``reporter``: progress and notes (default: :class:`ConsoleReporter` on
     stderr). ``overwrite``: replace a finished model or another run's checkpoint in ``out``.
+    ``command``: the command line that started the run, for the model card (default: the
+    equivalent ``pnasnet train`` command).
 
     Raises :class:`~pnasnet.training.dataset.DatasetError` for an unusable folder,
     :class:`~pnasnet.training.progress.TrainingInterrupted` after Ctrl-C (state saved; the same
     call resumes).
     """
     options = dataclasses.replace(options, **settings) if options is not None else TrainOptions(**settings)
+    if options.tensorboard is not None:
+        check_tensorboard_available()
     reporter = reporter if reporter is not None else ConsoleReporter()
     out = Path(out)
     if out.resolve().is_relative_to(Path(image_dir).resolve()):
@@ -147,6 +167,17 @@ def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = 
         if not dist.is_main:
             reporter.close()
             reporter = SilentReporter()
+    if options.tensorboard is not None and (dist is None or dist.is_main):  # [distributed] rank 0 writes
+        reporter = TensorBoardReporter(reporter, options.tensorboard)
+    if not matplotlib_available():
+        reporter.note(MISSING_MATPLOTLIB)
+    if command is None:
+        from ..api import is_model_dir
+
+        command = equivalent_command(image_dir, out, model, weights, options, model_is_dir=is_model_dir(str(model)))
+        command_info = {"argv": list(command), "equivalent": True}
+    else:
+        command_info = {"argv": list(command), "equivalent": False}
     created = not out.exists()
     started = time.perf_counter()
     finished = False
@@ -169,9 +200,10 @@ def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = 
             device = _resolve_device(options.device) if dist is None else dist.device
             workers = options.workers if options.workers is not None else default_workers(device)
             if options.mode == "head":
-                result = _train_head(folder, out, model, weights, options, device, workers, reporter)
+                result = _train_head(folder, out, model, weights, options, device, workers, reporter, command_info)
             else:
-                result = _train_full(folder, out, model, weights, options, device, workers, reporter, dist)
+                result = _train_full(folder, out, model, weights, options, device, workers, reporter, command_info,
+                                     dist)
         finished = True
     finally:
         reporter.close()
@@ -185,7 +217,7 @@ def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = 
 
 # ------------------------------------------------------------------------------------------ head
 def _train_head(folder: ImageFolder, out: Path, model_name: str, weights, options: TrainOptions,
-                device: torch.device, workers: int, reporter: TrainReporter) -> TrainResult:
+                device: torch.device, workers: int, reporter: TrainReporter, command: dict) -> TrainResult:
     seconds: dict[str, float] = {}
     backbone = load_backbone(model_name, weights).to(device)
     size = model_image_size(backbone, options.image_size)
@@ -201,13 +233,15 @@ def _train_head(folder: ImageFolder, out: Path, model_name: str, weights, option
     reporter.note(f"{features.computed} feature vectors computed, {features.from_cache} from the cache "
                   f"({features.folder})")
     split = _readable_split(folder, features.failed, options, reporter)
+    loss_weights = _class_weights(folder, split, options, reporter)
     train_x, train_y = _stack(features.vectors, split.train)
     val_x, val_y = _stack(features.vectors, split.validation)
 
     tick = time.perf_counter()
     with stop_on_interrupt() as stop:
         layer, history = train_head(train_x, train_y, val_x if len(val_y) else None, val_y if len(val_y) else None,
-                                    len(folder.classes), options, reporter=reporter, stop=stop)
+                                    len(folder.classes), options, reporter=reporter, stop=stop,
+                                    class_weights=loss_weights)
     seconds["training"] = time.perf_counter() - tick
 
     classifier = build_classifier(backbone.cpu(), len(folder.classes), image_size=size,
@@ -221,12 +255,12 @@ def _train_head(folder: ImageFolder, out: Path, model_name: str, weights, option
     evaluation = evaluation_report(eval_y.tolist(), predicted.tolist(), folder.classes,
                                    evaluated_on="validation" if on_val else "training", loss=loss)
     return _finish(out, classifier.eval(), folder, split, features.failed, options, model_name, base, size,
-                   history, evaluation, seconds, reporter)
+                   history, evaluation, seconds, reporter, command, loss_weights)
 
 
 # ------------------------------------------------------------------------------------------ full
 def _train_full(folder: ImageFolder, out: Path, model_name: str, weights, options: TrainOptions,
-                device: torch.device, workers: int, reporter: TrainReporter,
+                device: torch.device, workers: int, reporter: TrainReporter, command: dict,
                 dist: distributed.DistContext | None = None) -> TrainResult:
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
@@ -235,6 +269,7 @@ def _train_full(folder: ImageFolder, out: Path, model_name: str, weights, option
                   dist.on_main(lambda: find_unreadable(paths, workers=workers)))
     seconds["checking images"] = time.perf_counter() - tick
     split = _readable_split(folder, unreadable, options, reporter)
+    loss_weights = _class_weights(folder, split, options, reporter)
     base = describe_base(model_name, weights)
     identity = {"options": options.identity(), "model": str(model_name), "weights": base,
                 "data": _data_identity(folder, split)}
@@ -274,19 +309,25 @@ def _train_full(folder: ImageFolder, out: Path, model_name: str, weights, option
     with stop_on_interrupt() as stop:
         history = fine_tune(model, split.train, split.validation, options, image_size=size,
                             checkpoint_path=checkpoint_path, identity=identity, resume=resume, device=device,
-                            workers=workers, reporter=reporter, stop=stop, dist=dist)
+                            workers=workers, reporter=reporter, stop=stop, dist=dist, class_weights=loss_weights)
     seconds["training"] = time.perf_counter() - tick
     if dist is not None:  # [distributed] rank 0 evaluates and writes MODEL_DIR; every rank gets the result
         return dist.on_main(lambda: _evaluate_and_write(out, model, folder, split, unreadable, options, model_name,
                                                         base, size, history, seconds, reporter, workers, resume,
-                                                        checkpoint_path))
+                                                        checkpoint_path, command, loss_weights))
     return _evaluate_and_write(out, model, folder, split, unreadable, options, model_name, base, size, history,
-                               seconds, reporter, workers, resume, checkpoint_path)
+                               seconds, reporter, workers, resume, checkpoint_path, command, loss_weights)
 
 
 def _evaluate_and_write(out: Path, model: PNASNet, folder: ImageFolder, split: Split, unreadable, options: TrainOptions,
                         model_name: str, base: str, size: int, history: list[EpochRecord], seconds: dict[str, float],
-                        reporter: TrainReporter, workers: int, resume, checkpoint_path: Path) -> TrainResult:
+                        reporter: TrainReporter, workers: int, resume, checkpoint_path: Path, command: dict,
+                        loss_weights: list[float] | None) -> TrainResult:
+    if options.keep == "best":
+        best = best_epoch(history)
+        if best is None:
+            raise RuntimeError("internal error: keep 'best' without validation metrics")
+        model.load_state_dict(load_best_weights(checkpoint_path.parent, best.epoch))
     on_val = bool(split.validation)
     loss, _, true, predicted, _ = evaluate_model(
         model, split.validation if on_val else split.train, image_size=size, transform=options.transform,
@@ -294,7 +335,7 @@ def _evaluate_and_write(out: Path, model: PNASNet, folder: ImageFolder, split: S
     evaluation = evaluation_report(true, predicted, folder.classes,
                                    evaluated_on="validation" if on_val else "training", loss=loss)
     result = _finish(out, inference_copy(model), folder, split, unreadable, options, model_name, base, size,
-                     history, evaluation, seconds, reporter)
+                     history, evaluation, seconds, reporter, command, loss_weights)
     remove_checkpoint(out)
     result.resumed = str(checkpoint_path) if resume is not None else None
     return result
@@ -303,7 +344,8 @@ def _evaluate_and_write(out: Path, model: PNASNet, folder: ImageFolder, split: S
 # ------------------------------------------------------------------------------------------ output
 def _finish(out: Path, model: PNASNet, folder: ImageFolder, split: Split, unreadable, options: TrainOptions,
             model_name: str, base: str, size: int, history: list[EpochRecord], evaluation: dict,
-            seconds: dict[str, float], reporter: TrainReporter) -> TrainResult:
+            seconds: dict[str, float], reporter: TrainReporter, command: dict,
+            loss_weights: list[float] | None) -> TrainResult:
     from .. import __version__
 
     labels = list(folder.classes)
@@ -325,6 +367,7 @@ def _finish(out: Path, model: PNASNet, folder: ImageFolder, split: Split, unread
         "num_classes": len(labels),
         "labels": labels,
         "training": options.to_json_dict(),
+        "class_weights": (dict(zip(labels, loss_weights)) if loss_weights is not None else None),
         "data": {"image_dir": str(folder.root), "images": len(split.train) + len(split.validation),
                  "train_images": len(split.train), "validation_images": len(split.validation),
                  "split": "SHA-1 of the file name inside its class folder (retrain.py rule, _nohash_ suffix "
@@ -333,14 +376,23 @@ def _finish(out: Path, model: PNASNet, folder: ImageFolder, split: Split, unread
                  "unreadable": [{"path": p, "reason": r} for p, r in unreadable],
                  "ignored_outside_class_folders": folder.ignored},
         "use": {"python": f"pnasnet.create_model({str(out)!r})", "cli": " ".join(classify) + " IMAGES..."},
+        "command": command,
     }
-    metrics = {"epochs": [r.to_dict() for r in history], "final": evaluation, "class_balance": balance,
+    kept = kept_epoch(history, options.keep)
+    metrics = {"epochs": [r.to_dict() for r in history],
+               "kept": {"keep": options.keep, "epoch": kept.epoch if kept else None, "epochs": len(history),
+                        "chosen_by": ("the highest validation accuracy (ties: lower validation loss, earlier epoch)"
+                                      if options.keep == "best" else "the last epoch")},
+               "final": evaluation, "class_balance": balance,
                "seconds": {k: round(v, 3) for k, v in seconds.items()}}
-    write_model_dir(out, model, labels, metadata=metadata, config=config, metrics=metrics, history=history,
-                    title=f"{model.config.name} {options.mode} training on {folder.root.name}")
+    written = write_model_dir(out, model, labels, metadata=metadata, config=config, metrics=metrics, history=history,
+                              title=f"{model.config.name} {options.mode} training on {folder.root.name}")
     accuracy = evaluation["accuracy"]
-    reporter.note(f"wrote {out} (model.safetensors, labels.txt, config.json, metrics.json, curves.png)")
+    if kept is not None and options.keep == "best":
+        reporter.note(f"kept epoch {kept.epoch} of {len(history)} (best validation accuracy {kept.val_accuracy:.4f})")
+    reporter.note(f"wrote {out} ({', '.join(p.name for p in written)})")
     if accuracy is not None:
         correct = sum(evaluation["confusion_matrix"]["matrix"][k][k] for k in range(len(labels)))
         reporter.note(f"{evaluation['evaluated_on']} accuracy {accuracy:.4f} ({correct} of {evaluation['images']} images)")
-    return TrainResult(out, options.mode, labels, history, evaluation, balance, list(unreadable), seconds)
+    return TrainResult(out, options.mode, labels, history, evaluation, balance, list(unreadable), seconds,
+                       kept_epoch=kept.epoch if kept else None)
