@@ -137,6 +137,7 @@ def test_confusion_matrix_and_per_class_precision_recall():
 
 
 def test_learning_curves_png(tmp_path):
+    pytest.importorskip("matplotlib")
     history = [EpochRecord(i, 1.0 / i, 0.5 + 0.1 * i, 1.2 / i, 0.4 + 0.1 * i) for i in range(1, 5)]
     path = draw_learning_curves(history, tmp_path / "curves.png", title="test")
     with Image.open(path) as image:

@@ -15,6 +15,7 @@ import pnasnet
 from pnasnet.cli import main
 from pnasnet.training import DatasetError, SilentReporter, train
 from pnasnet.training.feature_cache import cached_features
+from pnasnet.training.report import matplotlib_available
 
 from train_images import TEXTURES, make_texture_folder
 
@@ -43,8 +44,9 @@ def test_head_mode_learns_and_the_model_directory_classifies(textures, tmp_path,
     assert table == {"brick": 36, "grass": 36, "gravel": 36}  # the class balance: train + val per class
     assert "epoch 1/30  loss" in err and "epoch 30/30  loss" in err and "validation accuracy" in err
 
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "curves.png", "labels.txt",
-                                                     "metrics.json", "model.safetensors"]
+    curves = ["curves.png"] if matplotlib_available() else []  # matplotlib: the train extra
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "config.json", *curves, "labels.txt",
+                                                            "metrics.json", "model.safetensors"])
     assert (out / "labels.txt").read_text().splitlines() == list(TEXTURES)
     metrics = json.loads((out / "metrics.json").read_text())
     config = json.loads((out / "config.json").read_text())
@@ -58,8 +60,9 @@ def test_head_mode_learns_and_the_model_directory_classifies(textures, tmp_path,
     assert matrix.shape == (3, 3) and matrix.sum() == final["images"] == config["data"]["validation_images"]
     assert [row["support"] for row in final["per_class"]] == matrix.sum(1).tolist()
     assert config["image_size"] == 96 and config["labels"] == list(TEXTURES) and config["mode"] == "head"
-    with Image.open(out / "curves.png") as image:
-        assert image.format == "PNG"
+    if curves:
+        with Image.open(out / "curves.png") as image:
+            assert image.format == "PNG"
 
     # The directory loads as a model: labels, expected size, and no dropout at inference.
     model = pnasnet.create_model(str(out))

@@ -23,7 +23,7 @@ from pnasnet.training.finetune import FineTuner
 from pnasnet.training.loader import epoch_batches
 from pnasnet.training.models import build_classifier
 from pnasnet.training.objective import class_weights, classification_loss
-from pnasnet.training.report import EpochRecord, best_epoch, learning_curves_figure
+from pnasnet.training.report import EpochRecord, best_epoch, learning_curves_figure, matplotlib_available
 
 from train_images import make_texture_folder
 
@@ -76,6 +76,7 @@ def _assert_tensorboard_equals_metrics(log_dir: Path, metrics: dict, steps: int)
 
 # ------------------------------------------------------------------------------------------ head mode
 def test_head_mode_reports_best_epoch_class_weights_tensorboard_and_card(imbalanced, tmp_path):
+    pytest.importorskip("tensorboard")  # the train extra
     out, logs = tmp_path / "model", tmp_path / "logs"
     steps = StepLosses()
     result = train(imbalanced, out, model="auto", weights=str(FIXTURE), image_size=48, epochs=8, batch_size=8,
@@ -108,10 +109,11 @@ def test_head_mode_reports_best_epoch_class_weights_tensorboard_and_card(imbalan
     card = (out / "README.md").read_text()
     for text in ("# model: 3-class image classifier", "| 2 | gravel | 4 | 1 | 2.", "## Metrics",
                  f"the weights of epoch {best.epoch} of 8, the best by validation accuracy",
-                 "| class | precision | recall | F1 | images |", "![learning curves](curves.png)",
+                 "| class | precision | recall | F1 | images |",
                  f"pnasnet.create_model({str(out)!r})", f"pnasnet classify --model {out} photo.jpg",
                  "--keep best --class-weight balanced", "this command gives the same model"):
         assert text in card, text
+    assert ("![learning curves](curves.png)" in card) == matplotlib_available()
     assert not list(out.glob("*.tmp"))
     model = pnasnet.create_model(str(out))
     assert model.labels == ["brick", "grass", "gravel"]
@@ -132,6 +134,14 @@ def test_without_matplotlib_the_numbers_alone_are_written(imbalanced, tmp_path, 
                                                      "model.safetensors"]
     assert len(json.loads((out / "metrics.json").read_text())["epochs"]) == 2
     assert "curves.png" not in (out / "README.md").read_text()
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(imbalanced, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    with pytest.raises(ImportError, match=r"--tensorboard needs the tensorboard package.*pnasnet\[train\]"):
+        train(imbalanced, tmp_path / "model", model="auto", weights=str(FIXTURE), tensorboard=str(tmp_path / "logs"),
+              reporter=SilentReporter())
+    assert not (tmp_path / "model").exists()
 
 
 def test_learning_curves_have_integer_epoch_ticks_and_mark_the_kept_epoch():
@@ -156,6 +166,7 @@ def _full_settings(logs: Path) -> dict:
 
 
 def test_full_mode_ctrl_c_resume_continues_the_tensorboard_run_and_keeps_the_best_epoch(tmp_path):
+    pytest.importorskip("tensorboard")
     images = make_texture_folder(tmp_path / "images", grid=3, tile_size=64)  # 27 images
     out, logs, marker = tmp_path / "model", tmp_path / "logs", tmp_path / "marker"
     settings = _full_settings(logs)
