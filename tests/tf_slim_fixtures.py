@@ -13,7 +13,7 @@ from pnasnet.model import PNASNet, PNASNetConfig
 from pnasnet.weights import load_weights
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tf_slim"
-NAMES = ("large_tiny", "mobile_tiny")
+NAMES = ("large_tiny", "mobile_tiny", "mobile_tiny_bounded")  # the last: use_bounded_activation=True
 
 
 @lru_cache(maxsize=None)
@@ -44,7 +44,8 @@ def pnasnet_config(name: str) -> PNASNetConfig:
                          filter_scaling_rate=h["filter_scaling_rate"],
                          num_reduction_layers=h["num_reduction_layers"],
                          dense_dropout_keep_prob=h["dense_dropout_keep_prob"],
-                         total_training_steps=h["total_training_steps"])
+                         total_training_steps=h["total_training_steps"],
+                         use_bounded_activation=bool(h.get("use_bounded_activation", False)))
 
 
 def build_fixture_model(name: str, *, weights=None, aux_head: bool = False, **kwargs) -> PNASNet:

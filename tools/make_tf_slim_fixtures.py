@@ -43,6 +43,12 @@ training mode.  Gammas are drawn from U(0.6, 1.4), betas from N(0, 0.2), fully
 connected biases from N(0, 0.3).  Convolution kernels keep TF-Slim's own
 initialiser (variance scaling, FAN_OUT).
 
+``mobile_tiny_bounded`` is built with ``use_bounded_activation=True`` (ReLU6
+everywhere, branch outputs clipped to [-6, 6], ReLU6 after each block's add).
+Its gammas are drawn from U(1.5, 4) and its betas from N(0, 1), so that a few
+percent of the values reach every ReLU6 and clip beyond +-6; config.json's
+``bounded_activation`` reports, per kind of op, the fraction TF actually cut.
+
 Requirements (generator only)
 -----------------------------
 TensorFlow 2.12 (2.13+ breaks ``tf_slim.batch_norm``), ``tf-slim`` 1.1.0,
@@ -124,6 +130,20 @@ TINY_CONFIGS = {
         "seed": 4321,
     },
 }
+
+# use_bounded_activation=True: ReLU6 everywhere, ReLU6 after each block's add,
+# branch outputs clipped to [-6, 6].  mobile_tiny plus an aux-only size (cell_1's
+# map is 5x5 at 72 px, so the aux head and its ReLU6s exist); batch-norm
+# gammas/betas are drawn wider so that many activations pass 6 and every ReLU6
+# and clip actually clips (config.json "bounded_activation" gives the fractions).
+TINY_CONFIGS["mobile_tiny_bounded"] = dict(
+    TINY_CONFIGS["mobile_tiny"],
+    overrides=dict(TINY_CONFIGS["mobile_tiny"]["overrides"], use_bounded_activation=True),
+    sizes=TINY_CONFIGS["mobile_tiny"]["sizes"] + [{"size": 72, "n": 2, "aux_only": True}],
+    gamma_range=(1.5, 4.0),
+    beta_std=1.0,
+    seed=6666,
+)
 
 FULL_CONFIGS = {
     "large_full": {
@@ -469,14 +489,14 @@ def shapes_of(end_points):
 # Weights
 # ---------------------------------------------------------------------------
 
-def randomise_affine(values, rng):
+def randomise_affine(values, rng, gamma_range=GAMMA_RANGE, beta_std=BETA_STD):
     """Random gamma/beta/FC biases; conv kernels keep TF-Slim's initialiser."""
     out = dict(values)
     for name in sorted(values):
         if name.endswith("/gamma"):
-            out[name] = rng.uniform(*GAMMA_RANGE, values[name].shape).astype(np.float32)
+            out[name] = rng.uniform(*gamma_range, values[name].shape).astype(np.float32)
         elif name.endswith("/beta"):
-            out[name] = (rng.standard_normal(values[name].shape) * BETA_STD).astype(np.float32)
+            out[name] = (rng.standard_normal(values[name].shape) * beta_std).astype(np.float32)
         elif name.endswith("/biases"):
             out[name] = (rng.standard_normal(values[name].shape) * FC_BIAS_STD).astype(np.float32)
     return out
@@ -599,6 +619,56 @@ def write_json(path, obj):
         handle.write(text + "\n")
 
 
+def clipping_report(net, images01):
+    """How much each kind of ReLU6 / clip_by_value of a bounded graph clips on images01.
+
+    Ops are found by type (Relu6) and by the Minimum that tf.clip_by_value
+    makes (``.../clip_by_value/Minimum``); their inputs are evaluated and the
+    fraction of elements outside [0, 6] (ReLU6) or [-6, 6] (clip) is counted,
+    grouped by where the op sits.
+    """
+    groups = {}
+    for op in net.graph.get_operations():
+        name = op.name
+        if op.type == "Relu6":
+            if "/combine/" in name:
+                where = "relu6 after the block add (combine)"
+            elif name.startswith("final_layer/"):
+                where = "relu6 before the global pool (final_layer)"
+            elif name.startswith("aux_") or "/" not in name:
+                # the aux head's input ReLU6 is built outside its scope
+                where = "relu6 before and inside the aux head"
+            elif "/left/" in name or "/right/" in name:
+                where = "relu6 inside branches (separable convs, max pools, none)"
+            else:
+                where = "relu6 of cell inputs (1x1, prev_1x1, factorized reduction)"
+            kind = "relu6"
+        elif op.type == "Minimum" and name.endswith("clip_by_value/Minimum"):
+            where, kind = "clip_by_value(-6, 6) of branch outputs", "clip"
+        else:
+            continue
+        groups.setdefault(where, (kind, []))[1].append(op.inputs[0])
+    if not groups:
+        return None
+    fetched = net.run({w: tensors for w, (_, tensors) in groups.items()}, images01)
+    report, total, clipped_total = {}, 0, 0
+    for where in sorted(groups):
+        kind = groups[where][0]
+        arrays = [np.asarray(a, np.float64).ravel() for a in fetched[where]]
+        x = np.concatenate(arrays)
+        above = int((x > 6.0).sum())
+        below = int((x < (0.0 if kind == "relu6" else -6.0)).sum())
+        entry = {"ops": len(arrays), "elements": int(x.size),
+                 "fraction_above_6": above / x.size,
+                 ("fraction_below_0" if kind == "relu6" else "fraction_below_-6"): below / x.size,
+                 "max_abs_input": float(np.abs(x).max())}
+        report[where] = entry
+        total += x.size
+        clipped_total += above + (below if kind == "clip" else 0)
+    report["all ReLU6 and clips: fraction of elements cut at +-6"] = clipped_total / max(total, 1)
+    return report
+
+
 def activation_summary(arrays):
     out = {}
     for key, arr in arrays.items():
@@ -654,7 +724,9 @@ def make_tiny(name, spec, out_root, photos, slim_info, log, skip_aux_size=False)
     master = Net(spec, master_size, True, use_aux_head=aux_reason[master_size] is None,
                  seed=spec["seed"])
     train_nets[master_size] = master
-    values = randomise_affine(master.initialise(), rng)
+    gamma_range = tuple(spec.get("gamma_range", GAMMA_RANGE))
+    beta_std = spec.get("beta_std", BETA_STD)
+    values = randomise_affine(master.initialise(), rng, gamma_range, beta_std)
     for s in sizes:
         assert set(train_nets[s].variables) <= set(master.variables)
 
@@ -729,6 +801,17 @@ def make_tiny(name, spec, out_root, photos, slim_info, log, skip_aux_size=False)
             stats_arrays[key] = got[k]
             arrays[key] = got[k][:CELL_IMAGES] if k in cells else got[k]
         shapes["train"][str(s)] = shapes_of(net.end_points)
+
+    bounded = None
+    if eval_nets[s0].hparams.values().get("use_bounded_activation"):
+        bounded = {
+            "eval_%d" % s0: clipping_report(eval_nets[s0], images[s0]),
+            "train_%d" % s0: clipping_report(train_nets[s0], images[s0]),
+        }
+        if aux_sizes:
+            bounded["train_%d" % aux_sizes[0]] = clipping_report(
+                train_nets[aux_sizes[0]], images[aux_sizes[0]])
+        log("    bounded activations, eval: %s" % json.dumps(bounded["eval_%d" % s0]))
 
     # Moving-statistics update with decay 0.99, once, on the first size.
     upd = Net(spec, s0, True, use_aux_head=aux_reason[s0] is None, bn_decay=BN_DECAY_UPDATE)
@@ -892,7 +975,7 @@ def make_tiny(name, spec, out_root, photos, slim_info, log, skip_aux_size=False)
         "weights_recipe": {
             "seed": spec["seed"],
             "conv_kernels": "TF-Slim initialiser (variance_scaling FAN_OUT, truncated normal)",
-            "gamma": "U%s" % (GAMMA_RANGE,), "beta": "N(0, %g)" % BETA_STD,
+            "gamma": "U%s" % (gamma_range,), "beta": "N(0, %g)" % beta_std,
             "fc_biases": "N(0, %g)" % FC_BIAS_STD,
             "moving_stats": "fixed point of inference-mode input statistics on the "
                             "calibration images, then variance x U%s and mean + N(0, %g) x std"
@@ -902,6 +985,7 @@ def make_tiny(name, spec, out_root, photos, slim_info, log, skip_aux_size=False)
             "aux_fc_weight_scale": aux_fc_factor,
         },
         "activation_stats": summary,
+        "bounded_activation": bounded,
         "software": {
             "tensorflow": tf.__version__, "tf_slim": getattr(slim, "__version__", "1.1.0"),
             "numpy": np.__version__, "python": platform.python_version(),

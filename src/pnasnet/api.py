@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .model import LARGE, MOBILE, PNASNet, PNASNetConfig
@@ -100,8 +100,8 @@ def _pretrained_weights(name: str, weights, pretrained: bool):
 def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None = None, *,
                  pretrained: bool = False, num_classes: int | None = None, aux_head: bool = False,
                  batch_norm_decay: float = DEFAULT_BN_DECAY, drop_path_keep_prob: float | None = None,
-                 dropout_keep_prob: float | None = None, prefer_moving_averages: bool = False,
-                 progress: bool = True) -> PNASNet:
+                 dropout_keep_prob: float | None = None, bounded_activation: bool | None = None,
+                 prefer_moving_averages: bool = False, progress: bool = True) -> PNASNet:
     """Build a PNASNet-5 variant, in eval (inference) mode; call ``.train()`` to fine-tune.
 
     Args:
@@ -123,18 +123,21 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
             1001; a 1000-class source (timm) then gets an untrained background row 0, while
             ``num_classes=1000`` keeps its 1000-class head; a custom head is taken as it is.
         aux_head, batch_norm_decay, drop_path_keep_prob, dropout_keep_prob: see ``PNASNet``.
+        bounded_activation: TF-Slim's ``use_bounded_activation`` (ReLU6, clipped branch outputs;
+            see ``PNASNet``). None: what this package's weights file records, else False.
         prefer_moving_averages: load ``ExponentialMovingAverage`` shadows where the checkpoint has them.
     """
     weights = _pretrained_weights(name, weights, pretrained)
     if is_model_dir(name):
         return load_model_dir(name, weights=weights, num_classes=num_classes, aux_head=aux_head,
                               batch_norm_decay=batch_norm_decay, drop_path_keep_prob=drop_path_keep_prob,
-                              dropout_keep_prob=dropout_keep_prob)
+                              dropout_keep_prob=dropout_keep_prob, bounded_activation=bounded_activation)
     if name not in VARIANTS and name != "auto":
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(list_models())}, "
                          "or 'auto' to take the configuration from the weights")
     options = dict(aux_head=aux_head, batch_norm_decay=batch_norm_decay,
-                   drop_path_keep_prob=drop_path_keep_prob, dropout_keep_prob=dropout_keep_prob)
+                   drop_path_keep_prob=drop_path_keep_prob, dropout_keep_prob=dropout_keep_prob,
+                   bounded_activation=bounded_activation)
     if weights is None:
         if name == "auto":
             raise ValueError("model 'auto' takes its configuration from the weights: pass weights=")
@@ -152,6 +155,8 @@ def create_model(name: str = "pnasnet5_large", weights: str | os.PathLike | None
             classes = source.num_classes or 0 if num_classes is None else num_classes
         else:
             config = VARIANTS[name].config
+            if "config" in source.metadata:  # this package's file: keep the activation it was made with
+                config = replace(config, use_bounded_activation=source.infer_config().use_bounded_activation)
             classes = _classes_for(VARIANTS[name], source.num_classes, num_classes, str(path))
         # Random initialisation of Large takes ~0.8 s and every value is overwritten: skipped, unless
         # the source lacks a part the model has (an aux head), which then gets its initial values.

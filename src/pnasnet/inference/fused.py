@@ -18,6 +18,13 @@ What remains are the convolutions, one ReLU and one concatenation per cell, the 
 zero pad of a stride-2 depthwise convolution where TF's padding is asymmetric. The function is the
 plain model's up to float rounding (fused additions round once instead of twice), and
 ``tests/test_inference_form.py`` checks that at several sizes. Works in float32 and bfloat16.
+
+A bounded model (``use_bounded_activation``) runs the same plan with ReLU6 for every ReLU (oneDNN's
+``hardtanh`` post-op with [0, 6]) and each branch's [-6, 6] clip fused into its last convolution
+(``hardtanh`` [-6, 6]). Its block sums cannot fuse (the clip comes between the convolution and the
+add, and oneDNN has no ReLU6 after a binary add), so they are one add and one in-place ReLU6. A
+bounded cell's output already lies in [0, 6], so the ReLU6 the next cells apply to it is skipped
+(exactly the identity); so is the clip of a max pool over ReLU6'd values.
 """
 
 from __future__ import annotations
@@ -37,6 +44,14 @@ _MKLDNN = getattr(torch.ops, "mkldnn", None)
 def _has_fused_ops() -> bool:
     """Whether the fused oneDNN convolution operators may be used (see :mod:`.cpu`)."""
     return cpu_support().fused_ops
+
+
+# Post-ops of a convolution: the plain function, and oneDNN's unary attribute with its scalars.
+_POST_OPS = {
+    "relu": (F.relu, "relu", []),
+    "relu6": (F.relu6, "hardtanh", [0.0, 6.0]),
+    "clip": (lambda y: y.clamp_(-6.0, 6.0), "hardtanh", [-6.0, 6.0]),  # TF-Slim's clip_by_value(-6, 6)
+}
 
 
 class _Conv:
@@ -61,6 +76,7 @@ class FusedForward:
         if not getattr(net, "is_folded", False):
             raise ValueError("FusedForward needs the inference form: pnasnet.inference.fold_batch_norms(model)")
         self.net = net
+        self.bounded = net.bounded_activation
         self.fused = _has_fused_ops() if use_mkldnn is None else use_mkldnn
         self.prepack = prepack
         # Drop each plain weight as soon as its packed copy exists, so the weights are never held
@@ -101,8 +117,9 @@ class FusedForward:
         return plan
 
     # ----------------------------------------------------------------------------- primitives
-    def _conv(self, x: torch.Tensor, c: _Conv, padding=(0, 0), relu: bool = False,
+    def _conv(self, x: torch.Tensor, c: _Conv, padding=(0, 0), post: str | None = None,
               add: torch.Tensor | None = None) -> torch.Tensor:
+        """Convolution, then ``add`` (with no ``post``) or a post-op ("relu", "relu6", "clip")."""
         if self.fused:
             pad, stride = list(padding), list(c.stride)
             weight = c.packed
@@ -117,22 +134,24 @@ class FusedForward:
             if add is not None and add.shape[0] == x.shape[0]:
                 return torch.ops.mkldnn._convolution_pointwise.binary(
                     x, add, weight, c.bias, pad, stride, [1, 1], c.groups, "add", None, None, [], None)
-            return torch.ops.mkldnn._convolution_pointwise(
-                x, weight, c.bias, pad, stride, [1, 1], c.groups, "relu" if relu else "none", [], None)
+            attr, scalars = ("none", []) if post is None else _POST_OPS[post][1:]
+            y = torch.ops.mkldnn._convolution_pointwise(
+                x, weight, c.bias, pad, stride, [1, 1], c.groups, attr, scalars, None)
+            return y if add is None else y + add
         y = F.conv2d(x, c.weight, c.bias, c.stride, tuple(padding), 1, c.groups)
         if add is not None:
             return y + add
-        return F.relu(y) if relu else y
+        return y if post is None else _POST_OPS[post][0](y)
 
-    def _same_conv(self, x: torch.Tensor, c: _Conv, relu: bool = False,
+    def _same_conv(self, x: torch.Tensor, c: _Conv, post: str | None = None,
                    add: torch.Tensor | None = None) -> torch.Tensor:
         """A convolution with TF SAME padding (any kernel, stride)."""
         top, bottom = tf_same_padding(x.shape[-2], c.kernel[0], c.stride[0])
         left, right = tf_same_padding(x.shape[-1], c.kernel[1], c.stride[1])
         if top == bottom and left == right:
-            return self._conv(x, c, (top, left), relu, add)
+            return self._conv(x, c, (top, left), post, add)
         x = F.pad(x, (left, right, top, bottom))
-        return self._conv(x, c, (0, 0), relu, add)
+        return self._conv(x, c, (0, 0), post, add)
 
     @staticmethod
     def _max_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
@@ -154,8 +173,10 @@ class FusedForward:
     def _separable(self, x_relu: torch.Tensor, convs, add: torch.Tensor | None) -> torch.Tensor:
         dw1, pw1, dw2, pw2 = convs
         y = self._same_conv(x_relu, dw1)
-        y = self._conv(y, pw1, relu=True)        # bn_sep_1 folded, then the ReLU before separable_2
+        y = self._conv(y, pw1, post="relu6" if self.bounded else "relu")  # bn_sep_1 folded, the ReLU before separable_2
         y = self._same_conv(y, dw2)
+        if self.bounded:                         # bn_sep_2 folded, the branch's clip
+            return self._conv(y, pw2, post="clip")
         return self._conv(y, pw2, add=add)       # bn_sep_2 folded, + the block's other branch
 
     # ----------------------------------------------------------------------------- cells
@@ -176,11 +197,13 @@ class FusedForward:
         relus: dict[int, torch.Tensor] = {1: h1_relu} if h1_relu is not None else {}
         pools: dict[tuple[int, int], torch.Tensor] = {}
         uses = _pool_uses(plan["blocks"])
+        bounded = self.bounded
+        clip = "clip" if bounded else None
 
         def relu_of(index: int) -> torch.Tensor:
             r = relus.get(index)
             if r is None:
-                r = relus[index] = F.relu(hidden[index])
+                r = relus[index] = F.relu6(hidden[index]) if bounded else F.relu(hidden[index])
             return r
 
         def simple(side) -> torch.Tensor:
@@ -189,18 +212,23 @@ class FusedForward:
                 key = (index, stride)
                 pooled = pools.get(key)
                 if pooled is None:
-                    pooled = self._max_pool(hidden[index], stride)
+                    # bounded: ReLU6 before the pool; the clip after it is then the identity
+                    pooled = self._max_pool(relu_of(index) if bounded else hidden[index], stride)
                     if uses.get(key, 0) > 1:
                         pools[key] = pooled
-                return pooled if conv is None else self._conv(pooled, conv)
-            # "none": identity, or ReLU -> 1x1 (with the stride) -> folded BN
+                return pooled if conv is None else self._conv(pooled, conv, post=clip)
+            # "none": identity (bounded: ReLU6), or ReLU -> 1x1 (with the stride) -> folded BN (-> clip)
             if conv is None:
-                return hidden[index]
-            return self._conv(relu_of(index), conv)
+                return relu_of(index) if bounded else hidden[index]
+            return self._conv(relu_of(index), conv, post=clip)
 
         for sides in plan["blocks"]:
             (lkind, lindex, _, lconvs), (rkind, rindex, _, rconvs) = sides
-            if lkind == "sep" and rkind == "sep":
+            if bounded:  # clipped branches, then ReLU6 of the sum: nothing to fuse the add into
+                left = self._separable(relu_of(lindex), lconvs, None) if lkind == "sep" else simple(sides[0])
+                right = self._separable(relu_of(rindex), rconvs, None) if rkind == "sep" else simple(sides[1])
+                out = F.relu6(left + right, inplace=True)
+            elif lkind == "sep" and rkind == "sep":
                 other = self._separable(relu_of(lindex), lconvs, None)
                 out = self._separable(relu_of(rindex), rconvs, other)
             elif lkind == "sep":
@@ -239,11 +267,12 @@ class FusedForward:
         x = self._conv(x, self.conv0)  # VALID: no padding; no ReLU (consumers apply their own)
         x = x.to(self.dtype)  # a float32 stem in front of bfloat16 cells (see EagerModel)
         prev = prev_relu = None
-        current, current_relu = x, F.relu(x)
+        current, current_relu = x, (F.relu6(x) if self.bounded else F.relu(x))
         for plan in self.cells:
             out = self._cell(plan, current, current_relu, prev, prev_relu)
             prev, prev_relu = current, current_relu
-            current, current_relu = out, F.relu(out)
+            # A bounded cell's output is a concatenation of ReLU6 outputs: its ReLU6 is itself.
+            current, current_relu = out, (out if self.bounded else F.relu(out))
         return current_relu.mean(dim=(2, 3), dtype=torch.float32)
 
 
@@ -254,7 +283,7 @@ def plain_body(net: PNASNet, x: torch.Tensor) -> torch.Tensor:
     prev, current = None, x
     for name in net.cell_names:
         prev, current = current, net._modules[name](current, prev)
-    return F.relu(current).mean(dim=(2, 3))
+    return net.activation(current).mean(dim=(2, 3))
 
 
 def _max_pool_3x3_s1(x: torch.Tensor) -> torch.Tensor:

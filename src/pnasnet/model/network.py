@@ -1,7 +1,9 @@
 """PNASNet-5 (Liu et al., "Progressive Neural Architecture Search", 2018), Large and Mobile, as
 TF-Slim builds it (``nets/nasnet/pnasnet.py``): the ImageNet stem (conv0 + two stride-2 cells),
 ``num_cells`` PNASNet cells with stride-2 cells at the reduction indices, an optional auxiliary head
-and the final layer (ReLU, global average pool, dropout, fully connected).
+and the final layer (ReLU, global average pool, dropout, fully connected). ``bounded_activation``
+is TF-Slim's ``use_bounded_activation``: ReLU6 in place of every ReLU and clipped branch outputs
+(see ``cell``), the form meant for quantized inference.
 
 The model takes float images ``[N, 3, H, W]`` in [0, 1] and maps them to [-1, 1] itself, like the
 TF-Hub modules. ``classify`` returns logits over 1001 classes (0 = background), ``features`` the
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cell import PNASNetCell
-from .ops import DEFAULT_BN_DECAY, batch_norm
+from .ops import DEFAULT_BN_DECAY, activation, batch_norm
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class PNASNetConfig:
     num_reduction_layers: int = 2
     dense_dropout_keep_prob: float = 0.5
     total_training_steps: int = 250_000
+    use_bounded_activation: bool = False
 
     def reduction_indices(self) -> list[int]:
         """TF-Slim ``calc_reduction_layers``: cells int(k/(R+1) * num_cells) for k = 1..R."""
@@ -96,10 +99,11 @@ class AuxHead(nn.Module):
     """TF-Slim ``_build_aux_head`` (scope ``aux_{cell}/aux_logits``): ReLU'd cell output -> 5x5/3
     VALID average pool -> 1x1 conv 128 (``proj``) -> BN -> ReLU -> conv over the whole remaining map
     (``Conv``, VALID, 768) -> BN -> ReLU -> ``FC``. The second conv's kernel equals the map size at
-    the image size the model is built for, so the head works only at that size."""
+    the image size the model is built for, so the head works only at that size. Bounded: ReLU6."""
 
-    def __init__(self, in_channels: int, map_size: int, num_classes: int):
+    def __init__(self, in_channels: int, map_size: int, num_classes: int, bounded: bool = False):
         super().__init__()
+        self.bounded = bounded
         self.kernel = (map_size - 5) // 3 + 1
         if self.kernel < 1:
             raise ValueError(f"the aux head needs a feature map of at least 5x5, got {map_size}x{map_size}")
@@ -117,8 +121,8 @@ class AuxHead(nn.Module):
                 f"the aux head was built for a {self.kernel}x{self.kernel} map after pooling "
                 f"(the model's image size) but got {tuple(x.shape[-2:])}; use the expected image size "
                 "or build the model without the aux head")
-        x = F.relu(self.aux_bn0(self.proj(x)))
-        x = F.relu(self.aux_bn1(self.Conv(x)))
+        x = activation(self.aux_bn0(self.proj(x)), self.bounded)
+        x = activation(self.aux_bn1(self.Conv(x)), self.bounded)
         return self.FC(torch.flatten(x, 1))
 
 
@@ -148,12 +152,18 @@ class PNASNet(nn.Module):
         batch_norm_decay: moving-average decay of batch norm in TF's terms (TF-Hub v3 default 0.99,
             i.e. PyTorch momentum 0.01).
         drop_path_keep_prob / dropout_keep_prob: override the configuration's training-time values.
+        bounded_activation: TF-Slim's ``use_bounded_activation``: ReLU6 everywhere, branch outputs
+            clipped to [-6, 6], a ReLU6 after each block's sum. None takes the configuration's
+            (False for Large and Mobile, whose published weights were trained with ReLU); it is
+            recorded in ``config.use_bounded_activation``.
     """
 
     def __init__(self, config: PNASNetConfig = LARGE, num_classes: int = 1001, aux_head: bool = False,
                  batch_norm_decay: float = DEFAULT_BN_DECAY, drop_path_keep_prob: float | None = None,
-                 dropout_keep_prob: float | None = None):
+                 dropout_keep_prob: float | None = None, bounded_activation: bool | None = None):
         super().__init__()
+        if bounded_activation is not None:
+            config = replace(config, use_bounded_activation=bool(bounded_activation))
         if drop_path_keep_prob is not None:
             config = replace(config, drop_path_keep_prob=drop_path_keep_prob)
         if dropout_keep_prob is not None:
@@ -161,6 +171,7 @@ class PNASNet(nn.Module):
         self.config = config
         self.num_classes = num_classes
         self.check_input_range = True
+        bounded = self.bounded_activation
 
         stem_filters = int(32 * config.stem_multiplier)
         self.conv0 = nn.Conv2d(3, stem_filters, 3, stride=2, bias=False)  # VALID padding
@@ -179,7 +190,7 @@ class PNASNet(nn.Module):
         for i in range(2):
             name = f"cell_stem_{i}"
             cell = PNASNetCell(outputs[-1][0], outputs[-2][0], int(config.num_conv_filters * scaling),
-                               2, prev_is_larger=i > 0, drop_path_keep_prob=keep_prob(i))
+                               2, prev_is_larger=i > 0, drop_path_keep_prob=keep_prob(i), bounded=bounded)
             self.add_module(name, cell)
             self.cell_names.append(name)
             outputs.append((cell.out_channels, 2))
@@ -197,13 +208,13 @@ class PNASNet(nn.Module):
             name = f"cell_{i}"
             cell = PNASNetCell(outputs[-1][0], outputs[-2][0], int(config.num_conv_filters * scaling),
                                stride, prev_is_larger=outputs[-1][1] == 2,
-                               drop_path_keep_prob=keep_prob(i + 2))
+                               drop_path_keep_prob=keep_prob(i + 2), bounded=bounded)
             self.add_module(name, cell)
             self.cell_names.append(name)
             outputs.append((cell.out_channels, stride))
             if i == self.aux_cell:
                 aux = nn.Module()
-                aux.aux_logits = AuxHead(cell.out_channels, map_size, num_classes)
+                aux.aux_logits = AuxHead(cell.out_channels, map_size, num_classes, bounded)
                 self.add_module(f"aux_{i}", aux)
 
         self.num_features = outputs[-1][0]
@@ -212,6 +223,15 @@ class PNASNet(nn.Module):
         self._init_weights()
 
     # ----------------------------------------------------------------------------- properties
+    @property
+    def bounded_activation(self) -> bool:
+        """ReLU6 and clipped branch outputs (TF-Slim's ``use_bounded_activation``)."""
+        return self.config.use_bounded_activation
+
+    def activation(self, x: torch.Tensor) -> torch.Tensor:
+        """The ReLU (ReLU6 when bounded) that the final layer and the aux head apply to a cell output."""
+        return activation(x, self.config.use_bounded_activation)
+
     @property
     def expected_image_size(self) -> tuple[int, int]:
         """(height, width) the variant was trained at: 331 Large, 224 Mobile."""
@@ -300,7 +320,7 @@ class PNASNet(nn.Module):
             yield endpoint, current
             if endpoint == stop_at:
                 return
-        pooled = F.relu(current).mean(dim=(2, 3))
+        pooled = self.activation(current).mean(dim=(2, 3))
         yield "global_pool", pooled
         if stop_at == "Logits":
             yield "Logits", self.final_layer(pooled)
@@ -323,8 +343,8 @@ class PNASNet(nn.Module):
         aux_at = f"Cell_{self.aux_cell}" if with_aux else None
         for name, t in self._endpoints(images, last_cell):
             if name == aux_at:
-                aux_logits = self._modules[f"aux_{self.aux_cell}"].aux_logits(F.relu(t))
-        pooled = F.relu(t).mean(dim=(2, 3))
+                aux_logits = self._modules[f"aux_{self.aux_cell}"].aux_logits(self.activation(t))
+        pooled = self.activation(t).mean(dim=(2, 3))
         return pooled, aux_logits
 
     def features(self, images: torch.Tensor, *, batch_norm_decay: float | None = None) -> torch.Tensor:

@@ -19,6 +19,21 @@ BN_EPSILON = 1e-3
 DEFAULT_BN_DECAY = 0.99
 
 
+# TF-Slim nasnet_utils.CLIP_BY_VALUE_CAP: with ``use_bounded_activation`` ReLU becomes ReLU6 and the
+# branch outputs are clipped to [-6, 6] (bounded values quantize better).
+CLIP_CAP = 6.0
+
+
+def activation(x: torch.Tensor, bounded: bool) -> torch.Tensor:
+    """The network's nonlinearity: ReLU, or ReLU6 (``min(max(x, 0), 6)``) when ``bounded``."""
+    return F.relu6(x) if bounded else F.relu(x)
+
+
+def clip(x: torch.Tensor, bounded: bool) -> torch.Tensor:
+    """TF-Slim's ``clip_by_value(x, -6, 6)`` of a branch output when ``bounded``, else ``x``."""
+    return x.clamp(-CLIP_CAP, CLIP_CAP) if bounded else x
+
+
 def tf_same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """TF "SAME" padding (before, after) of one spatial dimension.
 
