@@ -111,7 +111,7 @@ def test_head_mode_reports_best_epoch_class_weights_tensorboard_and_card(imbalan
                  f"the weights of epoch {best.epoch} of 8, the best by validation accuracy",
                  "| class | precision | recall | F1 | images |",
                  f"pnasnet.create_model({str(out)!r})", f"pnasnet classify --model {out} photo.jpg",
-                 "--keep best --class-weight balanced", "this command gives the same model"):
+                 "--keep best --class-weight balanced", "it trains the same model"):
         assert text in card, text
     assert ("![learning curves](curves.png)" in card) == matplotlib_available()
     assert not list(out.glob("*.tmp"))

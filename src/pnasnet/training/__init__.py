@@ -9,8 +9,10 @@ whole network fine-tuned (``full``), from an image folder with one sub-folder pe
 
 Modules: ``options`` (settings and defaults), ``dataset`` (folder scan, checks, hash split),
 ``augment`` + ``loader`` (training transforms, reproducible batches), ``feature_cache`` (head
-mode's features), ``head`` / ``finetune`` (the two trainers), ``checkpoint`` (save, resume, lock),
-``report`` (metrics, confusion matrix, curves), ``model_dir`` (the output), ``workflow`` (``train``),
+mode's features), ``head`` / ``finetune`` (the two trainers), ``objective`` (loss, class weights,
+schedule), ``checkpoint`` (save, resume, lock, best epoch), ``report`` (metrics, kept epoch,
+confusion matrix, matplotlib curves), ``tensorboard`` (TensorBoard scalars), ``model_card`` (the
+model directory's README.md), ``model_dir`` (the output), ``workflow`` (``train``),
 ``distributed`` (several processes under torchrun: DDP, sharded batches, rank-0 outputs).
 """
 

@@ -165,7 +165,8 @@ def model_card(out: str | os.PathLike, config: dict, metrics: dict, *, curves: b
     if command:
         lines += ["## The command that made it", "", "```", shlex.join(command["argv"]), "```", ""]
         if command.get("equivalent"):
-            lines += ["(Started from Python; this command gives the same model.)", ""]
+            lines += ["(Spelt from the run's settings, those at their defaults left out: it trains the same model.)",
+                      ""]
 
     classify = config["use"]["cli"]
     size = config["image_size"]
