@@ -116,7 +116,7 @@ INT8_COSINE = 0.9
 
 @needs("openvino", "onnx", "onnxscript", "nncf")
 def test_int8_openvino_is_quantized_and_agrees_roughly(model):
-    from pnasnet.inference.bench import photographs
+    from pnasnet.bench.photos import photographs
 
     photos, _ = photographs(224)
     # calibrated on half of scikit-image's photographs (and their mirror images), compared on the rest

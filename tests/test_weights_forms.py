@@ -117,7 +117,7 @@ def test_every_form_loads_to_identical_outputs(tmp_path, reference_model, images
 
 
 def test_convert_each_form_and_create_model_loads_it(tmp_path, reference_model, images, monkeypatch):
-    from pnasnet.weights.convert import convert_weights
+    from pnasnet.tasks.convert import convert_weights
 
     monkeypatch.setenv("PNASNET_HOME", str(tmp_path / "cache"))
     with torch.inference_mode():

@@ -13,7 +13,6 @@ image-classification and feature-vector signatures.
 from .api import create_model, list_models
 from .data import decode_top_k, load_images
 from .model import LARGE, MOBILE, PNASNet, PNASNetConfig
-
-__version__ = "0.1.0"
+from .version import __version__
 __all__ = ["LARGE", "MOBILE", "PNASNet", "PNASNetConfig", "create_model", "decode_top_k", "list_models",
            "load_images"]

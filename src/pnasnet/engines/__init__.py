@@ -11,6 +11,9 @@ Ray Data, on this machine or on a cluster (``pip install 'pnasnet[ray]'``):
     print(output.read_info(), sum(len(b) for b in output.iter_blocks()))
 
 Ray is imported only when a Ray function runs: ``import pnasnet.engines`` works without it.
+
+Layer: runners beyond one process. They call :mod:`pnasnet.tasks` / :mod:`pnasnet.serve` pieces and
+return results (the command line prints them); they may import every layer but ``cli``.
 """
 
 from __future__ import annotations

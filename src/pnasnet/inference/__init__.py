@@ -15,6 +15,9 @@
 ``fold_batch_norms(model)`` is the inference form itself (a ``PNASNet``, batch norms folded into the
 convolutions, channels-last); ``export_onnx`` writes the ONNX graph. Optional packages (ONNX Runtime,
 OpenVINO, onnx/onnxscript) are imported only by the back ends that need them.
+
+Layer: the inference form and back ends (and ONNX export). They may import api, weights, data,
+model; nothing here imports tasks, bench or anything above.
 """
 
 from .backends import (BACKEND_CHOICES, BACKENDS, PRECISIONS, InferenceModel, PrecisionUnavailableError,

@@ -9,6 +9,9 @@
 Modules: ``inputs`` (paths from arguments), ``batches`` (parallel decoding), ``inference``
 (batched model runs), ``extract`` + ``chunks`` + ``formats`` (resumable feature files),
 ``run_info`` (what made an output), ``progress`` (reporting).
+
+Layer: the local workflows (and :mod:`.convert`: weights in any form to ours). They may import
+the layers below (bench, inference, api, weights, data, model); never training, serve, engines, cli.
 """
 
 from .batches import TRANSFORMS, DecodedBatch, default_workers, iter_image_batches

@@ -31,7 +31,7 @@ def save_safetensors(model: nn.Module, path: str | os.PathLike, metadata: dict[s
     folder, then a rename, so a crash never leaves a half-written file under ``path``."""
     from safetensors.torch import save_file
 
-    from .. import __version__
+    from ..version import __version__
 
     path = Path(path)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()

@@ -11,35 +11,38 @@ import argparse
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .inference import bench
-
     if args.agreement:
         import json
         from pathlib import Path
+
+        from ..bench.agreement import agreement_markdown, run_agreement
 
         model = args.model
         size = args.image_size or (331 if "large" in model else 224)
         paths = [("eager", "float32"), ("onnxruntime", "float32"), ("openvino", "float32"),
                  ("eager", "bfloat16"), ("openvino", "bfloat16"), ("openvino", "int8")]
-        result = bench.run_agreement([(f"{model} {args.weights or 'random'}", model, args.weights, size)], paths)
+        result = run_agreement([(f"{model} {args.weights or 'random'}", model, args.weights, size)], paths)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         stem = args.tag or f"agreement-{model}-{size}"
         (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-        (out / f"{stem}.md").write_text(bench.agreement_markdown(result))
-        print(bench.agreement_markdown(result))
+        (out / f"{stem}.md").write_text(agreement_markdown(result))
+        print(agreement_markdown(result))
         return 0
-    args = bench.resolve_args(args)
-    results = bench.run_benchmark(args)
+    from ..bench.report import print_table, write_results
+    from ..bench.run import resolve_args, run_benchmark
+
+    args = resolve_args(args)
+    results = run_benchmark(args)
     results["foreign_limit"] = args.foreign_limit
-    bench.print_table(results)
-    bench.write_results(results, args.out, args.tag)
+    print_table(results)
+    write_results(results, args.out, args.tag)
     return 0
 
 
 def add_bench_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
-    from .inference.bench import build_parser
+    from ..bench.run import build_parser
 
     parser = sub.add_parser(
         "bench", help="measure inference speed of our paths beside the peers (timm, TF-Slim, ONNX Runtime, OpenVINO)",

@@ -1,4 +1,5 @@
-"""``pnasnet weights convert`` and ``inspect``: any supported form in, this package's form out."""
+"""``pnasnet weights convert`` and ``inspect``: any supported form in, this package's form out (a
+workflow over the variant registry of :mod:`pnasnet.api` and the readers and writer of :mod:`pnasnet.weights`)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,15 @@ import torch
 
 from ..api import VARIANTS, resolve_weights
 from ..model import PNASNet, PNASNetConfig
-from .formats import open_weights
-from .loading import load_from_source
-from .ours import save_safetensors
-from .tf_slim_names import load_tf_slim_variables
+from ..weights.formats import open_weights
+from ..weights.loading import load_from_source
+from ..weights.ours import save_safetensors
+from ..weights.tf_slim_names import load_tf_slim_variables
 
 
 def source_sha256(path: Path) -> str:
     """SHA-256 of a file; for a folder or checkpoint prefix, of the list of its files' digests."""
-    from .download import sha256_file
+    from ..weights.download import sha256_file
 
     if path.is_file():
         return sha256_file(path)

@@ -25,8 +25,8 @@ def _weights(args: argparse.Namespace):
     the choice they come from. Local paths are checked here; a source name (the default: the
     variant's TF-Slim release) is fetched once the settings are accepted (``announce``), and the
     workers then find it in the cache."""
-    from .api import is_model_dir, resolve_weights, source_name
-    from .cli_model import choose_weights
+    from ..api import is_model_dir, resolve_weights, source_name
+    from .options import choose_weights
 
     choice = choose_weights(args.model, args.weights, seed=args.seed)
     weights, download = choice.weights, None
@@ -43,8 +43,8 @@ def _source_model(args: argparse.Namespace) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from .cli_model import download_advice
-    from .serve import ServeSettings, run_server
+    from .options import download_advice
+    from ..serve import ServeSettings, run_server
 
     weights, download, choice = _weights(args)
     settings = ServeSettings(
@@ -61,7 +61,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     def announce():
         if download is not None:
             # once, with progress, before the workers start (offline: fails here, in seconds)
-            from .api import resolve_weights
+            from ..api import resolve_weights
 
             with download_advice():
                 resolve_weights(_source_model(args), download)
@@ -85,10 +85,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def add_serve_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
-    from .cli_model import SEED_HELP, WEIGHTS_HELP
-    from .data import DEFAULT_MAX_PIXELS
-    from .serve import ENGINES
-    from .serve.settings import MIB, ServeSettings
+    from .options import SEED_HELP, WEIGHTS_HELP
+    from ..data import DEFAULT_MAX_PIXELS
+    from ..serve import ENGINES
+    from ..serve.settings import MIB, ServeSettings
 
     d = ServeSettings()
     p = sub.add_parser("serve", help="serve classification and feature vectors over HTTP with dynamic batching",
@@ -104,7 +104,7 @@ def add_serve_commands(sub: argparse._SubParsersAction) -> None:
                    help="preprocessing (default %(default)s: central crop 0.875 + bilinear, the published accuracy)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="default %(default)s")
     p.add_argument("--threads", type=int, help="CPU threads per inference worker (default: PyTorch's)")
-    from .cli_inference import add_backend_options, add_calibration_options
+    from .options import add_backend_options, add_calibration_options
 
     add_backend_options(p)
     add_calibration_options(p)

@@ -9,7 +9,7 @@ import time
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from .api import VARIANTS
+    from ..api import VARIANTS
 
     for name, variant in sorted(VARIANTS.items()):
         print(f"{name:32s} {variant.description}")
@@ -19,7 +19,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     import torch
 
-    from .api import create_model
+    from ..api import create_model
 
     model = create_model(args.model, weights=args.weights)
     size = args.image_size or model.expected_image_size[0]
@@ -57,11 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--batch-size", type=int, default=1)
     info.set_defaults(func=_cmd_info)
     # Command groups live in their own modules; each adds its subcommands here.
-    from .cli_bench import add_bench_commands
-    from .cli_inference import add_inference_commands
-    from .cli_serve import add_serve_commands
-    from .cli_train import add_train_commands
-    from .cli_weights import add_weights_commands
+    from .bench import add_bench_commands
+    from .inference import add_inference_commands
+    from .serve import add_serve_commands
+    from .train import add_train_commands
+    from .weights import add_weights_commands
 
     add_inference_commands(sub)
     add_weights_commands(sub)

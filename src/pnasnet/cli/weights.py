@@ -8,8 +8,8 @@ import json
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from .weights.download import cache_dir
-    from .weights.sources import SOURCES, cached_path
+    from ..weights.download import cache_dir
+    from ..weights.sources import SOURCES, cached_path
 
     print(f"cache: {cache_dir()}  (set PNASNET_HOME to move it)")
     for source in SOURCES:
@@ -28,7 +28,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_download(args: argparse.Namespace) -> int:
-    from .weights.sources import fetch, find_source
+    from ..weights.sources import fetch, find_source
 
     path = fetch(find_source(args.model, args.name), progress=not args.quiet)
     print(path)
@@ -36,7 +36,7 @@ def _cmd_download(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .weights.download import ChecksumError, ChecksumUnknownError, verify, verify_cache
+    from ..weights.download import ChecksumError, ChecksumUnknownError, verify, verify_cache
 
     failed = False
     if args.paths:
@@ -60,7 +60,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from .weights.convert import convert_weights
+    from ..tasks.convert import convert_weights
 
     metadata = convert_weights(args.source, args.out, model=args.model, num_classes=args.num_classes)
     print(f"wrote {args.out}")
@@ -69,7 +69,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from .weights.convert import inspect_weights
+    from ..tasks.convert import inspect_weights
 
     info = inspect_weights(args.source, model=args.model)
     listing = info.pop("variables_list")

@@ -18,8 +18,8 @@ EXIT_OK, EXIT_BELOW_ACCURACY, EXIT_INTERRUPTED = 0, 1, 130
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
-    from .cli_model import choose_weights, download_advice
-    from .training import ConsoleReporter, TrainingInterrupted, TrainOptions, train
+    from .options import choose_weights, download_advice
+    from ..training import ConsoleReporter, TrainingInterrupted, TrainOptions, train
 
     # without --weights: the variant's TF-Slim release (a model directory: its own weights);
     # downloaded inside train() before any image is decoded (offline: fails there, in seconds)
@@ -65,7 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
-    from .training.options import DEFAULT_EPOCHS, TrainOptions
+    from ..training.options import DEFAULT_EPOCHS, TrainOptions
 
     d = TrainOptions()
     p = sub.add_parser(

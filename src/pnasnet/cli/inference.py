@@ -1,8 +1,9 @@
 """Command line: ``pnasnet classify`` and ``pnasnet features`` (argument parsing and printing only;
-the work is done by :mod:`pnasnet.tasks`).
+the work is done by :mod:`pnasnet.tasks`, or with ``--engine ray`` by :mod:`pnasnet.engines`, whose
+runners return the same results, printed here alike).
 
 Weights: without ``--weights``, a variant's published TF-Slim weights (downloaded once, cached,
-verified; see :mod:`pnasnet.cli_model`); ``--weights none`` for random ones.
+verified; see :mod:`pnasnet.cli.options`); ``--weights none`` for random ones.
 
 Exit status: 0 when every input was read, 1 when some could not be (each reported on stderr and
 in the output), 2 on usage errors (bad options, no inputs, an output made by another run) and
@@ -18,7 +19,8 @@ import json
 import os
 import sys
 
-from .tasks.inputs import printable_path
+from ..tasks.inputs import printable_path
+from .options import add_backend_options, add_calibration_options, add_engine_options
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -27,10 +29,10 @@ _INPUTS_HELP = ("image files, directories (searched recursively for image extens
 
 
 def _add_common_options(parser: argparse.ArgumentParser) -> None:
-    from .cli_model import SEED_HELP, WEIGHTS_HELP
-    from .data import DEFAULT_MAX_PIXELS
-    from .tasks import TRANSFORMS
-    from .tasks.inference import DEFAULT_BATCH_SIZE
+    from .options import SEED_HELP, WEIGHTS_HELP
+    from ..data import DEFAULT_MAX_PIXELS
+    from ..tasks import TRANSFORMS
+    from ..tasks.inference import DEFAULT_BATCH_SIZE
 
     parser.add_argument("inputs", nargs="+", metavar="PATH", help=_INPUTS_HELP)
     parser.add_argument("--model", default="pnasnet5_large", help="variant (see `pnasnet models`; default %(default)s), "
@@ -56,39 +58,14 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
                         help="no progress bar or notes (failures are still reported)")
     add_backend_options(parser)
     add_calibration_options(parser)
-    from .engines.cli import add_engine_options
-
     add_engine_options(parser)  # --engine local|ray, --address, --concurrency, --cpus/--gpus-per-actor
-
-
-def add_backend_options(parser: argparse.ArgumentParser) -> None:
-    """``--backend`` and ``--precision`` (classify, features, serve)."""
-    from .inference import BACKEND_CHOICES, PRECISIONS
-
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="auto",
-                        help="how the model runs: auto = the exact inference form (batch norms folded, "
-                             "channels-last; about 2x plain) on the CPU, plain on a GPU (default); plain = the "
-                             "model as built; eager/compile/onnxruntime/openvino: see pnasnet.inference.optimize "
-                             "(onnxruntime/openvino need pip install 'pnasnet[onnx]' / 'pnasnet[openvino]')")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                        help="float32 (exact, default); bfloat16 (reduced precision, only on request: about "
-                             "1e-2 relative difference; fast only on CPUs with AMX); int8 (openvino, quantized "
-                             "with calibration images, --calibration; pip install 'pnasnet[int8]')")
-
-
-def add_calibration_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--calibration", nargs="+", metavar="PATH",
-                        help="--precision int8: images like the ones to be processed (files, folders, globs, "
-                             "@LIST), decoded as the run decodes its inputs")
-    parser.add_argument("--calibration-count", type=int, default=32, metavar="N",
-                        help="calibration images used, spread over the list (default %(default)s)")
 
 
 def _backend_options(args: argparse.Namespace, model) -> dict:
     """backend, precision, calibration images (int8) and in-place conversion for the tasks."""
     calibration = None
     if args.precision == "int8":
-        from .tasks.inference import load_calibration_images, model_image_size
+        from ..tasks.inference import load_calibration_images, model_image_size
 
         if not args.calibration:
             raise ValueError("--precision int8 needs --calibration PATH...: images like the ones to be processed")
@@ -106,9 +83,9 @@ def _load_model(args: argparse.Namespace):
     """The model on its device, and how its weights are described in outputs."""
     import torch
 
-    from .api import create_model
-    from .cli_model import choose_weights, download_advice
-    from .inference import check_backend_choice
+    from ..api import create_model
+    from .options import choose_weights, download_advice
+    from ..inference import check_backend_choice
 
     check_backend_choice(args.backend, args.precision)  # before the weights are loaded
     if args.precision == "int8" and not getattr(args, "calibration", None) and args.engine != "ray":
@@ -139,7 +116,7 @@ def _progress(args: argparse.Namespace):
     sizes, so later batches reuse the first one's memory instead of faulting in ~1 GB of fresh
     pages each (batch 8, Large). Not earlier: loading and converting the model allocate and free
     blocks of every size, and a heap that never shrinks would keep their holes."""
-    from .tasks import TqdmProgress
+    from ..tasks import TqdmProgress
 
     class KeepMemoryAfterFirstBatch(TqdmProgress):
         kept = False
@@ -147,7 +124,7 @@ def _progress(args: argparse.Namespace):
         def advance(self, paths, errors):
             super().advance(paths, errors)
             if not self.kept:
-                from .inference import keep_freed_memory
+                from ..inference import keep_freed_memory
 
                 self.kept = True
                 keep_freed_memory()
@@ -157,7 +134,7 @@ def _progress(args: argparse.Namespace):
 
 
 def _expand(args: argparse.Namespace) -> list[str]:
-    from .tasks import expand_inputs
+    from ..tasks import expand_inputs
 
     paths = expand_inputs(args.inputs)
     if not paths:
@@ -231,11 +208,10 @@ class _CsvLine:
 
 
 def _cmd_classify(args: argparse.Namespace) -> int:
-    from .tasks import classify_paths
+    from ..tasks import classify_paths
 
     if args.engine == "ray":
-        from .engines.cli import cmd_classify_ray
-        return cmd_classify_ray(args)
+        return _cmd_classify_ray(args)
     if args.top_k < 1:
         raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
     paths = _expand(args)
@@ -272,12 +248,11 @@ def print_classifications(args: argparse.Namespace, paths: list[str], progress, 
 
 # ------------------------------------------------------------------------------------- features
 def _cmd_features(args: argparse.Namespace) -> int:
-    from .tasks import extract_features
+    from ..tasks import extract_features
 
     if args.engine == "ray":
-        from .engines.cli import cmd_features_ray
-        return cmd_features_ray(args)
-    from .tasks.formats import output_for
+        return _cmd_features_ray(args)
+    from ..tasks.formats import output_for
 
     output_for(args.out)  # an unknown output format is refused before the weights are fetched
     paths = _expand(args)
@@ -304,9 +279,69 @@ def report_features_summary(args: argparse.Namespace, summary, written_to: str) 
     return EXIT_SOME_FAILED if summary.failed else EXIT_OK
 
 
+# ----------------------------------------------------------------------- --engine ray (Ray Data)
+def _ray_options(args: argparse.Namespace) -> dict:
+    return dict(transform=args.transform, image_size=args.image_size, batch_size=args.batch_size,
+                max_pixels=args.max_pixels, address=args.address, concurrency=args.concurrency,
+                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor, threads=args.threads,
+                device=args.device, backend=args.backend, precision=args.precision, quiet=args.quiet)
+
+
+def _ray_inputs(args: argparse.Namespace) -> list[str]:
+    from ..engines.sources import expand_sources
+
+    paths = expand_sources(args.inputs)
+    if not paths:
+        raise ValueError(f"no images found in {' '.join(args.inputs)}")
+    return paths
+
+
+def _driver_model(args: argparse.Namespace):
+    """The model as the local commands load it, kept on the CPU here: it is shipped to the actors."""
+    device, args.device = args.device, "cpu"
+    try:
+        model, described = _load_model(args)
+    finally:
+        args.device = device
+    return model, described
+
+
+def _cmd_features_ray(args: argparse.Namespace) -> int:
+    from ..engines.ray_data import extract_features_ray, import_ray
+    from ..tasks import TqdmProgress
+
+    import_ray()  # fail now, not after loading the model, if Ray Data is missing
+
+    paths = _ray_inputs(args)
+    model, described = _driver_model(args)
+    try:
+        summary = extract_features_ray(model, paths, args.out, model_name=args.model, weights=described,
+                                       overwrite=args.overwrite, chunk_size=args.chunk_size,
+                                       progress=TqdmProgress(show_bar=not args.quiet), **_ray_options(args))
+    except KeyboardInterrupt:
+        print("pnasnet: interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return report_features_summary(args, summary, f"{args.out} ({len(summary.files)} Parquet files)")
+
+
+def _cmd_classify_ray(args: argparse.Namespace) -> int:
+    from ..engines.ray_data import classify_paths_ray, import_ray
+    from ..tasks import TqdmProgress
+
+    import_ray()
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    paths = _ray_inputs(args)
+    model, _ = _driver_model(args)
+    progress = TqdmProgress(show_bar=not args.quiet)
+    return print_classifications(args, paths, progress, lambda: classify_paths_ray(
+        model, paths, top_k=args.top_k, progress=progress, **_ray_options(args)))
+
+
 def add_inference_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
-    from .tasks.extract import DEFAULT_CHUNK_SIZE
+    from ..tasks.extract import DEFAULT_CHUNK_SIZE
 
     classify = sub.add_parser("classify", help="top-k ImageNet classes of images",
                               description="Print the top-k ImageNet classes of each image.")
