@@ -167,3 +167,21 @@ def test_onnx_export_runs_in_onnxruntime(model, tmp_path, one_model_thread):
         assert rel(torch.from_numpy(logits), model.classify(images)) <= TOLERANCE
         assert rel(torch.from_numpy(feats), model.features(images)) <= TOLERANCE
     assert rel(torch.from_numpy(logits), want) <= TOLERANCE
+
+
+def test_command_line_flag(capsys, one_model_thread):
+    from pnasnet.cli.main import build_parser, main
+
+    parser = build_parser()
+    for command in (["classify"], ["features", "--out", "f.parquet"]):
+        assert parser.parse_args([*command, "x.jpg"]).bounded_activation is None  # the weights' own setting
+        assert parser.parse_args([*command, "x.jpg", "--bounded-activation"]).bounded_activation is True
+    assert main(["info", "auto", "--weights", str(CKPT), "--bounded-activation", "--image-size", "48"]) == 0
+    assert json.loads(capsys.readouterr().out)["bounded_activation"] is True
+    assert main(["info", "pnasnet5_mobile", "--image-size", "48"]) == 0
+    assert json.loads(capsys.readouterr().out)["bounded_activation"] is False
+    from pnasnet.cli.inference import _load_model
+
+    args = parser.parse_args(["classify", "x.jpg", "--model", "auto", "--weights", str(CKPT), "--bounded-activation",
+                              "--device", "cpu", "-q"])
+    assert _load_model(args)[0].bounded_activation

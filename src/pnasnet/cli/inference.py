@@ -20,7 +20,7 @@ import os
 import sys
 
 from ..tasks.inputs import printable_path
-from .options import add_backend_options, add_calibration_options, add_engine_options
+from .options import add_backend_options, add_bounded_activation_option, add_calibration_options, add_engine_options
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_INTERRUPTED = 0, 1, 130
 
@@ -39,6 +39,7 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
                                                           "'auto' (configuration from --weights), or a model directory "
                                                           "made by `pnasnet train`")
     parser.add_argument("--weights", help=WEIGHTS_HELP)
+    add_bounded_activation_option(parser)
     parser.add_argument("--seed", type=int, default=0, help=SEED_HELP)
     parser.add_argument("--transform", choices=sorted(TRANSFORMS),
                         help="preprocessing: tf-slim = central crop 0.875 + bilinear resize, as the published "
@@ -99,7 +100,8 @@ def _load_model(args: argparse.Namespace):
             print(f"pnasnet: note: --weights none: using {choice.described}: the outputs mean nothing",
                   file=sys.stderr)
     with download_advice():  # without --weights: the TF-Slim release, downloaded once (offline: fails here)
-        model = create_model(args.model, weights=choice.weights, progress=not args.quiet)
+        model = create_model(args.model, weights=choice.weights, progress=not args.quiet,
+                             bounded_activation=args.bounded_activation)
     described = choice.described
     recorded = getattr(model, "preprocessing", {})  # a model directory's transform and size
     if args.transform is None:

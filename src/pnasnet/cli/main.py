@@ -21,7 +21,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
     from ..api import create_model
 
-    model = create_model(args.model, weights=args.weights)
+    model = create_model(args.model, weights=args.weights, bounded_activation=args.bounded_activation)
     size = args.image_size or model.expected_image_size[0]
     images = torch.rand(args.batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     start = time.perf_counter()
@@ -36,6 +36,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         "min_image_size": model.min_image_size,
         "num_classes": model.num_classes,
         "num_features": model.num_features,
+        "bounded_activation": model.bounded_activation,
         "endpoints": model.endpoint_names,
         "ran": {"input": list(images.shape), "output": list(out.shape), "seconds": round(seconds, 3)},
     }
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="build a model, run a random batch through it, print a summary")
     info.add_argument("model", nargs="?", default="pnasnet5_large")
     info.add_argument("--weights", help="TF-Slim checkpoint prefix, .index file or folder")
+    from .options import add_bounded_activation_option
+
+    add_bounded_activation_option(info)
     info.add_argument("--image-size", type=int, help="side of the random test images (default: the model's)")
     info.add_argument("--batch-size", type=int, default=1)
     info.set_defaults(func=_cmd_info)

@@ -27,6 +27,9 @@ WEIGHTS_HELP = ("weights: a known source (tf-slim, tf-hub, timm, cadene: `pnasne
                 "nothing). Default: the variant's published TF-Slim weights (downloaded once into the cache, "
                 "verified on every use); a model directory's own weights")
 SEED_HELP = "seed of the random initialisation of --weights none (default %(default)s)"
+BOUNDED_HELP = ("TF-Slim's use_bounded_activation: ReLU6 everywhere, branch outputs clipped to [-6, 6] (for "
+                "weights trained that way; the published ones were not). Default: what the weights file or "
+                "model directory records, else off")
 
 # Added to a failed download's message (which names the URL and the cache path).
 _COMMAND_LINE_ADVICE = ("\nOn the command line: --weights PATH loads a local copy (that file, a checkpoint or a "
@@ -77,6 +80,11 @@ def choose_weights(model: str, weights: str | None, *, seed: int = 0) -> Weights
         raise ValueError(f"no published weights are known for {model}: pass --weights PATH (a local checkpoint "
                          "or weights file) or --weights none (random initialisation, for testing)")
     return WeightsChoice(PRETRAINED, PRETRAINED)
+
+
+def add_bounded_activation_option(parser: argparse.ArgumentParser) -> None:
+    """``--bounded-activation`` (``create_model(bounded_activation=True)``; absent: None, the weights' own)."""
+    parser.add_argument("--bounded-activation", action="store_const", const=True, default=None, help=BOUNDED_HELP)
 
 
 @contextlib.contextmanager
