@@ -1,7 +1,10 @@
 """Full fine-tuning under torchrun: 2 CPU processes (gloo) run the real ``pnasnet train`` command
 line (through ``tests/dist_train.py``, which records a hash of every rank's weights after every
-step and can kill rank 1 once) on a tiny image set with the fixture network at 48 px."""
+step and can kill rank 1 once) on a tiny image set with the fixture network at 48 px, keeping the
+best epoch and logging to TensorBoard (rank 0 alone)."""
 
+import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tensorboard_events import assert_tensorboard_equals_metrics
 from train_images import make_texture_folder
 
 dist = pytest.importorskip("torch.distributed")
@@ -58,7 +62,7 @@ def _train_args(images: Path, out: Path) -> list[str]:
     return ["train", str(images), "--out", str(out), "--mode", "full", "--model", "auto", "--weights", str(FIXTURE),
             "--image-size", "48", "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--validation-fraction",
             "0.25", "--learning-rate", "0.02", "--workers", "0", "--sync-batch-norm", "--freeze-batch-norm", "off",
-            "-q"]
+            "--keep", "best", "--tensorboard", str(out.parent / "tensorboard"), "-q"]
 
 
 def _trace(folder: Path, rank: int) -> dict[int, tuple[str, int, list[int]]]:
@@ -107,6 +111,10 @@ def test_both_ranks_hold_the_same_weights_after_every_step(uninterrupted):
     assert output.count("pnasnet: wrote ") == 1 and output.count("epoch 1/2") == 1
     assert "2 processes (gloo)" in output and "batch norm synchronised" in output
     assert (out / "model.safetensors").exists() and not (out / CHECKPOINT_FILE).exists()
+    if importlib.util.find_spec("tensorboard") is not None:  # one writer (rank 0) per run, the values of metrics.json
+        logs = out.parent / "tensorboard"
+        assert [len(list((logs / run).iterdir())) for run in ("train", "validation", "train_steps")] == [1, 1, 1]
+        assert_tensorboard_equals_metrics(logs, json.loads((out / "metrics.json").read_text()), steps)
 
 
 def test_crash_in_epoch_2_resumes_and_ends_with_the_uninterrupted_weights(images, uninterrupted, tmp_path):
@@ -127,6 +135,11 @@ def test_crash_in_epoch_2_resumes_and_ends_with_the_uninterrupted_weights(images
     assert a.keys() == b.keys()
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
     assert not (tmp_path / "model" / CHECKPOINT_FILE).exists()
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["kept"]["keep"] == "best" and metrics["final"]["accuracy"] == pytest.approx(
+        metrics["epochs"][metrics["kept"]["epoch"] - 1]["val_accuracy"])
+    if importlib.util.find_spec("tensorboard") is not None:  # the restart continued the same curves
+        assert_tensorboard_equals_metrics(tmp_path / "tensorboard", metrics, len(reference))
 
 
 def test_sync_batch_norm_equals_one_batch_norm_over_the_whole_batch():

@@ -25,6 +25,7 @@ from pnasnet.training.models import build_classifier
 from pnasnet.training.objective import class_weights, classification_loss
 from pnasnet.training.report import EpochRecord, best_epoch, learning_curves_figure, matplotlib_available
 
+from tensorboard_events import assert_tensorboard_equals_metrics, read_scalars
 from train_images import make_texture_folder
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tf_slim" / "mobile_tiny" / "model.ckpt"
@@ -42,46 +43,17 @@ def imbalanced(tmp_path_factory) -> Path:
     return root
 
 
-class StepLosses(SilentReporter):
-    def __init__(self):
-        self.losses = []
-
-    def step(self, loss):
-        self.losses.append(loss)
-
-
-def _scalars(log_dir: Path) -> dict[tuple[str, str], list[tuple[int, float]]]:
-    """``{(run, tag): [(step, value), ...]}`` as TensorBoard reads them (purged events left out)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    found = {}
-    for run in ("train", "validation", "train_steps"):
-        accumulator = EventAccumulator(str(log_dir / run))
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            found[(run, tag)] = [(e.step, e.value) for e in accumulator.Scalars(tag)]
-    return found
-
-
-def _assert_tensorboard_equals_metrics(log_dir: Path, metrics: dict, steps: int) -> None:
-    scalars = _scalars(log_dir)
-    epochs = metrics["epochs"]
-    expected = {("train", "epoch_loss"): "train_loss", ("train", "epoch_accuracy"): "train_accuracy",
-                ("train", "epoch_learning_rate"): "learning_rate", ("validation", "epoch_loss"): "val_loss",
-                ("validation", "epoch_accuracy"): "val_accuracy"}
-    for key, field in expected.items():
-        assert scalars[key] == [(e["epoch"], float(np.float32(e[field]))) for e in epochs], key
-    assert [s for s, _ in scalars[("train_steps", "batch_loss")]] == list(range(1, steps + 1))
-
-
 # ------------------------------------------------------------------------------------------ head mode
-def test_head_mode_reports_best_epoch_class_weights_tensorboard_and_card(imbalanced, tmp_path):
+def test_head_mode_reports_best_epoch_class_weights_tensorboard_and_card(imbalanced, tmp_path, capsys):
+    from pnasnet.cli import main
+
     pytest.importorskip("tensorboard")  # the train extra
     out, logs = tmp_path / "model", tmp_path / "logs"
-    steps = StepLosses()
-    result = train(imbalanced, out, model="auto", weights=str(FIXTURE), image_size=48, epochs=8, batch_size=8,
-                   workers=0, cache_dir=str(tmp_path / "cache"), keep="best", class_weight="balanced",
-                   tensorboard=str(logs), reporter=steps)
+    assert main(["train", str(imbalanced), "--out", str(out), "--model", "auto", "--weights", str(FIXTURE),
+                 "--image-size", "48", "--epochs", "8", "--batch-size", "8", "--workers", "0", "--cache-dir",
+                 str(tmp_path / "cache"), "--keep", "best", "--class-weight", "balanced", "--tensorboard", str(logs),
+                 "-q"]) == 0
+    err = capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     metrics = json.loads((out / "metrics.json").read_text())
 
@@ -95,16 +67,19 @@ def test_head_mode_reports_best_epoch_class_weights_tensorboard_and_card(imbalan
     # mean weight of its batch's images (1 without weights)
     first_batch = epoch_batches(sum(train_counts), 8, 0, 0)[0]
     batch_weights = [expected[int(labels[i])] for i in first_batch]
-    assert steps.losses[0] == pytest.approx(math.log(3) * np.mean(batch_weights), rel=1e-5)
+    first_loss = read_scalars(logs)[("train_steps", "batch_loss")][0]
+    assert first_loss == (1, pytest.approx(math.log(3) * np.mean(batch_weights), rel=1e-5))
+    assert "class weights (balanced): brick 0.6" in err
     assert np.mean(batch_weights) != pytest.approx(1.0)
 
     # the best epoch by validation accuracy is kept, and it is what was evaluated
     history = [EpochRecord(**e) for e in metrics["epochs"]]
     best = max(history, key=lambda r: (r.val_accuracy, -r.val_loss, -r.epoch))
-    assert metrics["kept"]["keep"] == "best" and metrics["kept"]["epoch"] == best.epoch == result.kept_epoch
+    assert metrics["kept"]["keep"] == "best" and metrics["kept"]["epoch"] == best.epoch
+    assert f"kept epoch {best.epoch} of 8 (best validation accuracy" in err
     assert metrics["final"]["accuracy"] == pytest.approx(best.val_accuracy)
 
-    _assert_tensorboard_equals_metrics(logs, metrics, steps=8 * (sum(train_counts) // 8))
+    assert_tensorboard_equals_metrics(logs, metrics, steps=8 * (sum(train_counts) // 8))
 
     card = (out / "README.md").read_text()
     for text in ("# model: 3-class image classifier", "| 2 | gravel | 4 | 1 | 2.", "## Metrics",
@@ -180,14 +155,14 @@ def test_full_mode_ctrl_c_resume_continues_the_tensorboard_run_and_keeps_the_bes
     assert [p.name for p in out.glob(BEST_FILE_PATTERN)] == ["training-best-epoch-1.pt"]  # the only epoch so far
     folder = scan_image_folder(images)
     steps = len(epoch_batches(len(split_train_validation(folder.images, folder.classes, 0.2).train), 6, 0, 0))
-    before = _scalars(logs)  # the interrupted run's: up to its checkpoint (step 2 of epoch 2)
+    before = read_scalars(logs)  # the interrupted run's: up to its checkpoint (step 2 of epoch 2)
     assert [s for s, _ in before[("train_steps", "batch_loss")]] == list(range(1, steps + 3))
     time.sleep(1.0)  # event files are ordered by their names' second
 
     result = train(images, out, workers=0, reporter=SilentReporter(), **settings)
     assert result.resumed
     metrics = json.loads((out / "metrics.json").read_text())
-    _assert_tensorboard_equals_metrics(logs, metrics, steps=3 * steps)
+    assert_tensorboard_equals_metrics(logs, metrics, steps=3 * steps)
     history = [EpochRecord(**e) for e in metrics["epochs"]]
     assert metrics["kept"]["epoch"] == best_epoch(history).epoch == result.kept_epoch
     assert metrics["final"]["accuracy"] == pytest.approx(best_epoch(history).val_accuracy)

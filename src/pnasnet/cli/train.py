@@ -37,7 +37,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         freeze_cells=args.freeze_cells, aux_head=args.aux_head, layer_lr_decay=args.layer_lr_decay,
         drop_path_keep_prob=args.drop_path_keep_prob, accumulation_steps=args.accumulation_steps,
         bfloat16=args.bfloat16, sync_batch_norm=args.sync_batch_norm, workers=args.workers, device=args.device,
-        inference_batch_size=args.inference_batch_size, cache_dir=args.cache_dir)
+        inference_batch_size=args.inference_batch_size, cache_dir=args.cache_dir, keep=args.keep,
+        class_weight=args.class_weight, rotation_range=args.rotation_range, width_shift_range=args.width_shift_range,
+        height_shift_range=args.height_shift_range, zoom_range=args.zoom_range, tensorboard=args.tensorboard)
     try:
         with download_advice():
             result = train(args.image_dir, args.out, model=args.model, weights=choice.weights, options=options,
@@ -72,7 +74,8 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
         "train", help="train a classifier on your own images (new final layer, or full fine-tuning)",
         description="Train a classifier for the classes in IMAGE_DIR (one sub-folder of images per class, "
                     "the folder names are the labels) and write MODEL_DIR: model.safetensors, labels.txt, "
-                    "config.json, metrics.json, curves.png. `pnasnet classify --model MODEL_DIR` uses it. "
+                    "config.json, metrics.json, curves.png (with matplotlib: pip install 'pnasnet[train]') and "
+                    "README.md (the model card). `pnasnet classify --model MODEL_DIR` uses it. "
                     "Defaults follow TF-Hub's make_image_classifier.")
     p.add_argument("image_dir", metavar="IMAGE_DIR", help="folder with one sub-folder of images per class")
     p.add_argument("--out", required=True, metavar="MODEL_DIR", help="model directory to write")
@@ -105,11 +108,27 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--image-size", type=int, help="side of the model input (default: the model's, 331 / 224)")
     g.add_argument("--transform", choices=["tf-slim", "resize"], default=d.transform,
                    help="evaluation preprocessing, also used for head-mode features (default %(default)s)")
+    g.add_argument("--keep", choices=["last", "best"], default=d.keep,
+                   help="weights to write: after the last epoch (default, as make_image_classifier), or of the "
+                        "epoch with the best validation accuracy (needs validation images)")
+    g.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
+                   help="balanced: weigh each image's loss by n_images / (n_classes * n_class) of its class, for "
+                        "imbalanced folders (default %(default)s)")
     g.add_argument("--assert-accuracy-at-least", type=float, metavar="X",
                    help="exit with status 1 if the final validation accuracy is below X (0..1)")
     f = p.add_argument_group("full fine-tuning (--mode full)")
     f.add_argument("--augment", choices=["tf-slim", "flip", "none"], default=d.augment,
                    help="training augmentation: tf-slim = random box crop, flip, colour (default); flip; none")
+    f.add_argument("--rotation-range", type=float, default=d.rotation_range, metavar="DEGREES",
+                   help="random rotation in [-DEGREES, DEGREES] after --augment (make_image_classifier's; default "
+                        "%(default)s = off)")
+    f.add_argument("--width-shift-range", type=float, default=d.width_shift_range, metavar="W",
+                   help="random horizontal shift in [-W, W]: below 1 a fraction of the width, else pixels "
+                        "(default %(default)s = off)")
+    f.add_argument("--height-shift-range", type=float, default=d.height_shift_range, metavar="H",
+                   help="the same vertically (default %(default)s = off)")
+    f.add_argument("--zoom-range", type=float, default=d.zoom_range, metavar="Z",
+                   help="each axis scaled by a random factor in [1 - Z, 1 + Z] (default %(default)s = off)")
     f.add_argument("--batch-norm-decay", type=float, default=d.batch_norm_decay,
                    help="moving-average decay of batch norm (default %(default)s, as TF-Hub v3)")
     f.add_argument("--freeze-batch-norm", choices=["auto", "on", "off"], default=d.freeze_batch_norm,
@@ -136,5 +155,8 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--inference-batch-size", type=int, default=d.inference_batch_size,
                    help="images per batch for features and validation (default %(default)s)")
     r.add_argument("--cache-dir", help="feature cache of head mode (default: <pnasnet cache>/train-features)")
+    r.add_argument("--tensorboard", metavar="DIR",
+                   help="write TensorBoard scalars to DIR (train/, validation/, train_steps/; needs "
+                        "pip install 'pnasnet[train]'); view with: tensorboard --logdir DIR")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_train)
