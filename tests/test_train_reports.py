@@ -219,6 +219,9 @@ def test_option_checks():
     with pytest.raises(ValueError, match="zoom range"):
         TrainOptions(mode="full", zoom_range=1.5)
     assert TrainOptions().keep == "last" and not TrainOptions().geometric_augmentation
+    # a checkpoint written before these settings existed still resumes with them at their defaults
+    assert not {"keep", "class_weight", "rotation_range", "zoom_range"} & set(TrainOptions(mode="full").identity())
+    assert TrainOptions(mode="full", keep="best", zoom_range=0.1).identity()["zoom_range"] == 0.1
 
 
 def test_geometric_augmentation_is_reproducible_in_range_and_off_by_default():

@@ -26,6 +26,8 @@ DEFAULT_EPOCHS = {"head": 30, "full": 5}
 # Below this many images per forward pass batch statistics are too noisy to fine-tune batch norm
 # (make_image_classifier's help: "avoid < 8 when fine-tuning BN models"): "auto" freezes it.
 MIN_BATCH_FOR_BN = 8
+# settings that came after the first checkpoints (see TrainOptions.identity)
+_ADDED_LATER = ("keep", "class_weight", "rotation_range", "width_shift_range", "height_shift_range", "zoom_range")
 
 
 @dataclass
@@ -95,9 +97,14 @@ class TrainOptions:
         return self.freeze_batch_norm == "on"
 
     def identity(self) -> dict:
-        """The settings that change the result, for comparing a checkpoint with this run."""
+        """The settings that change the result, for comparing a checkpoint with this run. Settings
+        added after checkpoints were first written count only when not at their default, so that
+        a run checkpointed before they existed still resumes."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("runtime")}
         values["epochs"] = self.total_epochs
+        for f in dataclasses.fields(self):
+            if f.name in _ADDED_LATER and values[f.name] == f.default:
+                del values[f.name]
         return values
 
     def to_json_dict(self) -> dict:
