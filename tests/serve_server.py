@@ -82,6 +82,11 @@ class ServerProcess:
             os.killpg(self.process.pid, signal.SIGKILL)  # the group: workers, manager, HTTP process
         except (ProcessLookupError, PermissionError):
             pass
+        for pid in session_members(self.process.pid):  # Ray's actors run in groups of their own
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         if self.process.poll() is None:
             self.process.wait(10)
         self._log.close()
@@ -91,6 +96,12 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def session_members(sid: int) -> list[int]:
+    """Processes of the session ``sid`` (the server's: it was started with a session of its own)."""
+    out = subprocess.run(["ps", "-o", "pid=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split() if pid.isdigit()]
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:

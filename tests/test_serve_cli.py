@@ -19,7 +19,8 @@ def test_help_lists_the_limits(capsys):
     assert done.value.code == 0
     text = capsys.readouterr().out
     for option in ("--max-batch-size", "--max-wait-ms", "--max-queue", "--timeout", "--max-body-bytes",
-                   "--max-pixels", "--api-key-file", "--graceful-timeout", "--engine"):
+                   "--max-pixels", "--api-key-file", "--graceful-timeout", "--engine", "--replicas",
+                   "--cpus-per-replica", "--gpus-per-replica", "--address", "--model-name"):
         assert option in text
 
 
@@ -31,6 +32,13 @@ def test_help_lists_the_limits(capsys):
     (["--backend", "plain", "--precision", "bfloat16"], "--backend plain --precision bfloat16: the plain model runs"),
     (["--precision", "int8"], "--precision int8 needs --calibration PATH"),
     (["--calibration", "photos/"], "--calibration is for --precision int8"),
+    (["--model-name", "a/b"], "--model-name must be a non-empty name without /"),
+    pytest.param(["--engine", "ray", "--replicas", "3:2"], "--replicas must have 1 <= MIN <= MAX",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs pnasnet[ray]")),
+    pytest.param(["--engine", "ray", "--replicas", "two"], "--replicas must be N or MIN:MAX",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs pnasnet[ray]")),
+    pytest.param(["--engine", "ray", "--cpus-per-replica", "-1"], "--cpus-per-replica must be >= 0",
+                 marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs pnasnet[ray]")),
 ])
 def test_bad_options_exit_2_before_starting(capsys, args, words):
     assert main(["serve", *args]) == 2

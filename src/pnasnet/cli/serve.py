@@ -1,5 +1,6 @@
 """Command line: ``pnasnet serve`` (argument parsing and printing only; the server is
-:mod:`pnasnet.serve`, which needs the ``pnasnet[serve]`` extra)."""
+:mod:`pnasnet.serve` on LitServe, which needs the ``pnasnet[serve]`` extra, or
+:mod:`pnasnet.engines.ray_serve` with ``--engine ray``, which needs ``pnasnet[ray]``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import sys
 from pathlib import Path
 
 API_KEY_ENV = "PNASNET_API_KEY"
+#: The values of ``--engine``: LitServe (one machine) or Ray Serve (a cluster).
+SERVE_ENGINES = ("litserve", "ray")
 
 
 def _api_key(args: argparse.Namespace) -> str | None:
@@ -42,6 +45,20 @@ def _source_model(args: argparse.Namespace) -> str:
     return "pnasnet5_large" if args.model == "auto" else args.model
 
 
+def _ray_options(args: argparse.Namespace):
+    """The Ray Serve options, checked; RuntimeError without Ray Serve installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+        raise RuntimeError("--engine ray needs Ray Serve: pip install 'pnasnet[ray]'")
+    from ..engines.ray_serve import RayServeOptions, Replicas
+
+    options = RayServeOptions(address=args.address, replicas=Replicas.parse(args.replicas),
+                              cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
+    options.check()
+    return options
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .options import download_advice
     from ..serve import ServeSettings, run_server
@@ -55,8 +72,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         decode_threads=args.decode_threads, host=args.host, port=args.port, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, timeout_s=args.timeout,
         max_body_bytes=args.max_body_bytes, max_pixels=args.max_pixels, max_files=args.max_files,
-        api_key=_api_key(args), graceful_timeout_s=args.graceful_timeout, log_level=args.log_level)
+        api_key=_api_key(args), graceful_timeout_s=args.graceful_timeout, log_level=args.log_level,
+        model_name=args.model_name)
     settings.check()
+    ray_options = _ray_options(args) if args.engine == "ray" else None
 
     def announce():
         if download is not None:
@@ -72,11 +91,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"pnasnet: serving {args.model} on http://{host}:{args.port} (engine {args.engine}; batches of up to "
               f"{args.max_batch_size} within {args.max_wait_ms:g} ms; API key "
               f"{'required' if settings.api_key else 'off'})\n"
-              "pnasnet: POST /v1/classify /v1/features; GET /v1/model /healthz /readyz /metrics /docs /openapi.json",
+              "pnasnet: POST /v1/classify /v1/features; GET /v1/model /healthz /readyz /metrics /docs /openapi.json\n"
+              f"pnasnet: Open Inference Protocol: /v2/models/{settings.served_name()}/infer; TF Serving REST: "
+              f"/v1/models/{settings.served_name()}:predict",
               file=sys.stderr, flush=True)
 
     try:
-        run_server(settings, engine=args.engine, announce=announce)
+        if ray_options is not None:
+            from ..engines.ray_serve import run_server as run_ray_server
+
+            run_ray_server(settings, ray_options, announce=announce)
+        else:
+            run_server(settings, engine=args.engine, announce=announce)
     except KeyboardInterrupt:
         return 130
     print("pnasnet: server stopped", file=sys.stderr)
@@ -87,7 +113,6 @@ def add_serve_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
     from .options import SEED_HELP, WEIGHTS_HELP
     from ..data import DEFAULT_MAX_PIXELS
-    from ..serve import ENGINES
     from ..serve.settings import MIB, ServeSettings
 
     d = ServeSettings()
@@ -112,8 +137,21 @@ def add_serve_commands(sub: argparse._SubParsersAction) -> None:
                    help="inference worker processes, each with its own copy of the model (default %(default)s)")
     p.add_argument("--decode-threads", type=int, default=d.decode_threads,
                    help="image-decoding threads per worker (default %(default)s)")
-    p.add_argument("--engine", choices=ENGINES, default="litserve",
-                   help="serving framework (default %(default)s: one machine)")
+    p.add_argument("--model-name", help="the model's name in Open Inference Protocol and TF Serving paths "
+                                        "(/v2/models/NAME/infer, /v1/models/NAME:predict; default: the variant, or "
+                                        "'pnasnet' for auto / a model directory)")
+    p.add_argument("--engine", choices=SERVE_ENGINES, default="litserve",
+                   help="serving framework: litserve (default: one machine) or ray (Ray Serve: replicas on this "
+                        "machine or a Ray cluster; pip install 'pnasnet[ray]')")
+    ray = p.add_argument_group("Ray Serve (--engine ray)")
+    ray.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else start a local Ray); 'auto' = "
+                                       "the cluster `ray start` runs on this machine, ray://HOST:10001 = a remote one")
+    ray.add_argument("--replicas", default="1", metavar="N|MIN:MAX",
+                     help="model replicas: N (fixed) or MIN:MAX (autoscaled on requests in flight; default 1)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, metavar="C",
+                     help="CPUs each replica reserves; also its PyTorch threads unless --threads (default %(default)s)")
+    ray.add_argument("--gpus-per-replica", type=float, metavar="G",
+                     help="GPUs each replica reserves (default: 1 where the cluster has GPUs, unless --device cpu)")
     net = p.add_argument_group("network")
     net.add_argument("--host", default=d.host, help="address to listen on: 127.0.0.1 (default), 0.0.0.0 or ::")
     net.add_argument("--port", type=int, default=d.port, help="default %(default)s")
