@@ -238,3 +238,34 @@ def test_a_file_that_disagrees_is_an_error(model, photos, tmp_path, monkeypatch)
     monkeypatch.setattr(export_module, "_run_torch_export", run)
     with pytest.raises(ExportVerificationError, match="exceeds"):
         export(model, "torch-export", tmp_path / "m.pt2", image_size=SIZE, verify_images=photos[:2])
+
+
+# ----------------------------------------------------------------------------------- the command
+def test_the_command_exports_a_model_directory_and_prints_the_check(model_dir, tmp_path, capsys):
+    from pnasnet.cli import main
+
+    out = tmp_path / "dir.pt2"
+    assert main(["export", str(model_dir), "--format", "torch-export", "--out", str(out), "--json", "-q"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    print(f"\n  pnasnet export {model_dir.name}/ --format torch-export: {report['max_rel_err']:.2e} on "
+          f"{report['verified_on']}")
+    assert report["files"] == [str(out)] and report["image_size"] == 64 and report["precision"] == "float32"
+    assert report["verified_on"].startswith("photographs (") and report["max_rel_err"] <= FLOAT32_TOLERANCE
+    extra = {"pnasnet.json": ""}
+    torch.export.load(str(out), extra_files=extra)
+    assert json.loads(json.loads(extra["pnasnet.json"])["pnasnet.labels"]) == list(TEXTURES)
+
+
+def test_the_command_names_the_extra_before_loading_weights(tmp_path, capsys, monkeypatch):
+    from pnasnet.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    # weights that do not exist: the missing package is reported first
+    assert main(["export", "pnasnet5_mobile", "--weights", str(tmp_path / "absent.ckpt"), "--format", "tflite",
+                 "--out", str(tmp_path / "m.tflite")]) == 2
+    err = capsys.readouterr().err
+    assert "--format tflite needs litert-torch" in err and 'pip install "pnasnet[tflite]"' in err
+    assert main(["export", "pnasnet5_mobile", "--weights", "none", "--format", "onnx", "--out",
+                 str(tmp_path / "m.onnx"), "--calibration", str(tmp_path)]) == 2
+    assert "int8 export is available for --format openvino only" in capsys.readouterr().err

@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info)
     # Command groups live in their own modules; each adds its subcommands here.
     from .bench import add_bench_commands
+    from .export import add_export_commands
     from .inference import add_inference_commands
     from .serve import add_serve_commands
     from .train import add_train_commands
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_commands(sub)
     add_bench_commands(sub)
     add_serve_commands(sub)
+    add_export_commands(sub)
     return parser
 
 
