@@ -203,8 +203,14 @@ def test_api_key_guards_v1_only(server, images):
         response = httpx.post(server.url + "/v1/classify", content=body, headers={**JPEG, **headers})
         assert response.status_code == 401 and "API key" in response.json()["detail"]
     assert httpx.post(server.url + "/v1/classify", content=body, headers={**JPEG, "X-API-Key": KEY}).status_code == 200
-    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
+    for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/v2", "/v2/health/live", "/v2/health/ready"):
         assert httpx.get(server.url + path).status_code == 200, path
+    # The other protocols ask for the key too, and refuse in their own error shape.
+    for method, path in (("POST", "/v2/models/pnasnet/infer"), ("GET", "/v2/models/pnasnet"),
+                         ("POST", "/v1/models/pnasnet:predict"), ("GET", "/v1/models/pnasnet")):
+        response = httpx.request(method, server.url + path, json={})
+        assert response.status_code == 401 and "API key" in response.json()["error"], path
+    assert httpx.get(server.url + "/v1/models/pnasnet", headers=AUTH).status_code == 200
 
 
 def test_openapi_document_describes_the_endpoints(server):

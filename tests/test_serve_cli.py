@@ -33,7 +33,7 @@ def test_help_lists_the_limits(capsys):
     (["--precision", "int8"], "--precision int8 needs --calibration PATH"),
     (["--calibration", "photos/"], "--calibration is for --precision int8"),
     (["--model-name", "a/b"], "--model-name must be a non-empty name without /"),
-    pytest.param(["--engine", "ray", "--replicas", "3:2"], "--replicas must have 1 <= MIN <= MAX",
+    pytest.param(["--engine", "ray", "--replicas", "3:2"], "--replicas must be N or MIN:MAX with 1 <= MIN <= MAX",
                  marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs pnasnet[ray]")),
     pytest.param(["--engine", "ray", "--replicas", "two"], "--replicas must be N or MIN:MAX",
                  marks=pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs pnasnet[ray]")),

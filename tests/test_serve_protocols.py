@@ -141,7 +141,8 @@ def test_oip_float_images_are_the_tf_hub_signature(server, triton_client, images
     batch = np.stack([pixels(d) for d in images[:2]]).astype(np.float32)
     tensor = triton.InferInput("image", list(batch.shape), "FP32")
     tensor.set_data_from_numpy(batch, binary_data=True)
-    result = triton_client.infer(NAME, [tensor], outputs=[triton.InferRequestedOutput("logits")])
+    result = triton_client.infer(NAME, [tensor], outputs=[triton.InferRequestedOutput("logits")],
+                                 request_compression_algorithm="gzip")
     close(result.as_numpy("logits"), reference(LOGITS, images[:2])[0])
     # The same in plain JSON, under the TF-Hub input name, with the default outputs.
     body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": list(batch.shape), "data": batch.tolist()}]}

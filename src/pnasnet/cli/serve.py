@@ -51,9 +51,12 @@ def _ray_options(args: argparse.Namespace):
 
     if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
         raise RuntimeError("--engine ray needs Ray Serve: pip install 'pnasnet[ray]'")
-    from ..engines.ray_serve import RayServeOptions, Replicas
+    from ..engines.ray_serve import RayServeOptions, parse_replicas
 
-    options = RayServeOptions(address=args.address, replicas=Replicas.parse(args.replicas),
+    if args.workers != 1:
+        raise ValueError("--workers is for the litserve engine; with --engine ray use --replicas N|MIN:MAX")
+
+    options = RayServeOptions(address=args.address, replicas=parse_replicas(args.replicas),
                               cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
     options.check()
     return options

@@ -44,38 +44,29 @@ from ..serve.predictor import PredictRequest, PredictResult, Predictor
 from ..serve.protocols import all_routes
 from ..serve.settings import ServeSettings, load_model, prepare_served_model
 from ..serve.shutdown import signals_start_shutdown
-from .ray_data import ray_session
+from .ray_data import PoolSize, ray_session
 
-__all__ = ["APP_NAME", "RayServeOptions", "Replicas", "build_app", "run_server"]
+__all__ = ["APP_NAME", "RayServeOptions", "build_app", "parse_replicas", "run_server"]
 
 APP_NAME = "pnasnet"
 
 
-@dataclass(frozen=True)
-class Replicas:
-    """``N`` (fixed) or ``MIN:MAX`` (autoscaled)."""
-
-    min: int
-    max: int
-
-    @classmethod
-    def parse(cls, text: "str | int | Replicas") -> "Replicas":
-        if isinstance(text, Replicas):
-            return text
-        lo, sep, hi = str(text).partition(":")
-        try:
-            low, high = (int(lo), int(hi)) if sep else (int(lo), int(lo))
-        except ValueError:
-            raise ValueError(f"--replicas must be N or MIN:MAX (whole numbers), got {text!r}") from None
-        if low < 1 or high < low:
-            raise ValueError(f"--replicas must have 1 <= MIN <= MAX, got {text!r}")
-        return cls(low, high)
+def parse_replicas(text: "str | int | PoolSize") -> PoolSize:
+    """``"N"`` (N fixed replicas) or ``"MIN:MAX"`` (autoscaled between them)."""
+    if isinstance(text, PoolSize):
+        return text
+    text = str(text)
+    try:
+        return PoolSize.parse(text if ":" in text else f"{text}:{text}")
+    except ValueError:
+        raise ValueError(f"--replicas must be N or MIN:MAX with 1 <= MIN <= MAX (whole numbers), got {text!r}") \
+            from None
 
 
 @dataclass(frozen=True)
 class RayServeOptions:
     address: str | None = None          # None: $RAY_ADDRESS, else a local Ray
-    replicas: Replicas = Replicas(1, 1)
+    replicas: PoolSize = PoolSize(1, 1)
     cpus_per_replica: float = 1.0
     gpus_per_replica: float | None = None  # None: 1 where the cluster has GPUs and --device is not cpu
 
