@@ -146,6 +146,8 @@ def test_model_directory_exports_to_every_format_and_classifies_the_same(directo
         graph = ov.Core().read_model(str(reports["openvino"].path))
         assert json.loads(graph.get_rt_info(["pnasnet", "labels"]).astype(str)) == list(TEXTURES)
         assert graph.get_rt_info(["pnasnet", "input_range"]).astype(str) == "[0, 1]"
+    if "tflite" in reports:
+        assert json.loads(export_module.tflite_metadata(reports["tflite"].path)["pnasnet.labels"]) == list(TEXTURES)
     if "onnx" in reports:
         import onnx
 
@@ -208,7 +210,9 @@ def test_tflite_round_trips_in_the_litert_interpreter(model, photos, tmp_path):
     report = report_line(export(model, "tflite", tmp_path / "m.tflite", image_size=SIZE, verify_images=photos,
                                 verified_on="photographs"))
     assert report.max_rel_err <= FLOAT32_TOLERANCE
-    assert json.loads((tmp_path / "m.json").read_text())["pnasnet.image_size"] == str(SIZE)
+    meta = export_module.tflite_metadata(tmp_path / "m.tflite")  # inside the flatbuffer, no file beside it
+    assert report.files == [tmp_path / "m.tflite"] and meta["pnasnet.image_size"] == str(SIZE)
+    assert meta["pnasnet.input_range"] == "[0, 1]" and meta["pnasnet.transform"] == "tf-slim"
 
 
 def test_a_missing_package_names_the_extra(model, tmp_path, monkeypatch):

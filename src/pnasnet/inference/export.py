@@ -21,7 +21,7 @@ and returns ``features`` ``[N, F]`` and, unless the model is a feature-vector mo
 computes is exported as it is. The file records the preprocessing (value range, image size,
 transform), the outputs and the labels in its metadata where the format has a place for it: ONNX
 ``metadata_props``, OpenVINO ``rt_info`` (under ``pnasnet``), the ``.pt2``'s extra file
-``pnasnet.json``; the ``.tflite`` gets the same JSON as a ``.json`` file beside it.
+``pnasnet.json``, the ``.tflite``'s metadata entry ``pnasnet`` (JSON; :func:`tflite_metadata`).
 
 Right after writing, the file is loaded in its runtime and run on ``verify_images`` against the
 PyTorch model: float32 exports must agree within :data:`FLOAT32_TOLERANCE` (max relative logit
@@ -49,7 +49,7 @@ from .onnx_export import (DEFAULT_OPSET, ExportWrapper, dynamic_min_size, dynami
                           graph_same_padding, output_names)
 
 __all__ = ["FORMATS", "FLOAT32_TOLERANCE", "ExportReport", "ExportVerificationError", "export", "export_metadata",
-           "export_unavailable", "default_suffix"]
+           "export_unavailable", "default_suffix", "tflite_metadata"]
 
 FORMATS = ("onnx", "torch-export", "openvino", "tflite")
 FLOAT32_TOLERANCE = 1e-4
@@ -265,9 +265,51 @@ def _write_tflite(model, out: Path, size: int, meta: dict) -> list[Path]:
         warnings.simplefilter("ignore")
         converted = litert_torch.convert(wrapper, (torch.rand(1, 3, size, size),))
     converted.export(str(out))
-    sidecar = out.with_suffix(".json")
-    sidecar.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(meta, ensure_ascii=False)
+    if _embed_tflite_metadata(out, text):
+        return [out]
+    sidecar = out.with_suffix(".json")  # weights stored outside the flatbuffer: no repacking
+    sidecar.write_text(text + "\n", encoding="utf-8")
     return [out, sidecar]
+
+
+TFLITE_METADATA_NAME = "pnasnet"
+
+
+def _embed_tflite_metadata(path: Path, text: str) -> bool:
+    """Add ``text`` to the ``.tflite`` flatbuffer as the metadata entry :data:`TFLITE_METADATA_NAME`
+    (the schema's ``Model.metadata``: a name and a buffer), repacked with the LiteRT schema's object
+    API. False (file unchanged) where the converter put weights outside the flatbuffer (offsets)."""
+    import flatbuffers
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(path.read_bytes(), 0)
+    if any(getattr(b, "offset", 0) for b in model.buffers or []):
+        return False
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(text.encode("utf-8"), np.uint8)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name, entry.buffer = TFLITE_METADATA_NAME, len(model.buffers) - 1
+    model.metadata = [m for m in (model.metadata or []) if m.name != TFLITE_METADATA_NAME.encode()] + [entry]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    path.write_bytes(builder.Output())
+    return True
+
+
+def tflite_metadata(path: str | os.PathLike) -> dict:
+    """The metadata :func:`export` stored in a ``.tflite`` file (or the ``.json`` beside it)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    data = Path(path).read_bytes()
+    model = schema.Model.GetRootAs(data, 0)
+    for i in range(model.MetadataLength()):
+        entry = model.Metadata(i)
+        if entry.Name() == TFLITE_METADATA_NAME.encode():
+            return json.loads(bytes(model.Buffers(entry.Buffer()).DataAsNumpy()).decode("utf-8"))
+    return json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))
 
 
 def _run_tflite(out: Path):
