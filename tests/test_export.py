@@ -240,8 +240,9 @@ def test_a_file_that_disagrees_is_an_error(model, photos, tmp_path, monkeypatch)
 
     monkeypatch.setattr(export_module, "_write_torch_export", write)
     monkeypatch.setattr(export_module, "_run_torch_export", run)
-    with pytest.raises(ExportVerificationError, match="exceeds"):
+    with pytest.raises(ExportVerificationError, match="exceeds 0.0001; nothing was written"):
         export(model, "torch-export", tmp_path / "m.pt2", image_size=SIZE, verify_images=photos[:2])
+    assert list(tmp_path.iterdir()) == []  # not the file, nor the folder it was checked in
 
 
 # ----------------------------------------------------------------------------------- the command

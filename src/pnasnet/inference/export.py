@@ -27,7 +27,8 @@ Right after writing, the file is loaded in its runtime and run on ``verify_image
 PyTorch model: float32 exports must agree within :data:`FLOAT32_TOLERANCE` (max relative logit
 error, ``max|a - b| / max|b|``) or :class:`ExportVerificationError` is raised; int8 is a different
 function and reports the cosine of the image-dependent part of the logits (each minus the batch
-mean) instead.
+mean) instead. The files are written and checked in a hidden folder beside ``out`` and moved into
+place only when the check passes.
 """
 
 from __future__ import annotations
@@ -35,14 +36,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import tempfile
 import time
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..atomic_files import fsync_dir
 from ..model.network import PNASNet
 from .fold import fold_batch_norms
 from .onnx_export import (DEFAULT_OPSET, ExportWrapper, dynamic_min_size, dynamic_shapes, export_onnx,
@@ -419,35 +423,46 @@ def export(model: PNASNet, format: str, out: str | os.PathLike, *, image_size: i
     was_training = model.training
     model.eval()
     started = time.perf_counter()
+    # Written and checked in a hidden folder beside ``out``, moved into place only once the check
+    # passed: a failed export leaves nothing that looks like a model.
+    staging = out.parent / f".{out.name}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir()
+    written = staging / out.name
     try:
         meta = export_metadata(model, None if dynamic_size else size, precision=precision, dynamic_size=dynamic_size)
         if format == "onnx":
-            files, run = _write_onnx(model, out, size, dynamic_size, opset, meta), None
-            run = _run_onnx(out)
+            files = _write_onnx(model, written, size, dynamic_size, opset, meta)
+            run = _run_onnx(written)
         elif format == "torch-export":
-            files = _write_torch_export(model, out, size, dynamic_size, meta)
-            run = _run_torch_export(out)
+            files = _write_torch_export(model, written, size, dynamic_size, meta)
+            run = _run_torch_export(written)
         elif format == "openvino":
-            files = _write_openvino(model, out, size, dynamic_size, meta, calibration)
-            run = _run_openvino(out)
+            files = _write_openvino(model, written, size, dynamic_size, meta, calibration)
+            run = _run_openvino(written)
         else:
-            files = _write_tflite(model, out, size, meta)
-            run = _run_tflite(out)
+            files = _write_tflite(model, written, size, meta)
+            run = _run_tflite(written)
         if verify_images is None:
             verify_images, verified_on = _synthetic_images(size), "synthetic images"
         sizes = [size, size + 1] if dynamic_size else [size]  # dynamic: both parities of the TF padding
         max_rel, cosine = _verify(model, run, verify_images, sizes, precision == "int8")
+        if precision == "float32" and not max_rel <= FLOAT32_TOLERANCE:
+            raise ExportVerificationError(f"{out}: the exported file's max relative error against the PyTorch model, "
+                                          f"{max_rel:.3g}, exceeds {FLOAT32_TOLERANCE:g}; nothing was written")
+        del run
+        final = []
+        for f in files:
+            os.replace(f, out.parent / f.name)
+            final.append(out.parent / f.name)
+        fsync_dir(out.parent)
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
         if was_training:
             model.train()
-    report = ExportReport(format=format, path=out, files=files, size_bytes=sum(f.stat().st_size for f in files),
+    report = ExportReport(format=format, path=out, files=final, size_bytes=sum(f.stat().st_size for f in final),
                           image_size=None if dynamic_size else size, dynamic_size=dynamic_size, precision=precision,
                           opset=opset if format in ("onnx", "openvino") else None,
                           verified_images=int(verify_images.shape[0]), verified_on=verified_on or "images",
                           verified_sizes=sizes, max_rel_err=max_rel, centered_cosine_min=cosine,
                           seconds=time.perf_counter() - started, metadata=meta)
-    if precision == "float32" and not max_rel <= FLOAT32_TOLERANCE:
-        raise ExportVerificationError(f"{out}: max relative error {max_rel:.3g} against the PyTorch model exceeds "
-                                      f"{FLOAT32_TOLERANCE:g}; the file was written but does not compute the model's "
-                                      "function")
     return report
