@@ -127,8 +127,8 @@ def directory_exports(model_dir, tmp_path_factory):
 
 def test_model_directory_exports_to_every_format_and_classifies_the_same(directory_exports):
     model, photos, reports = directory_exports
-    print(f"\n  formats exported: {', '.join(reports)}; not available here: "
-          f"{'; '.join(export_unavailable(f) for f in ('onnx', 'torch-export', 'openvino', 'tflite') if export_unavailable(f)) or 'none'}")
+    missing = [export_unavailable(f) for f in ("onnx", "torch-export", "openvino", "tflite") if export_unavailable(f)]
+    print(f"\n  formats exported: {', '.join(reports)}; not available here: {'; '.join(missing) or 'none'}")
     assert "torch-export" in reports
     with torch.no_grad():
         want = model.classify(photos).argmax(1)
@@ -177,7 +177,8 @@ def test_torch_export_loads_where_pnasnet_cannot_be_imported(directory_exports, 
         with torch.no_grad():
             features, logits = program.module()(torch.from_numpy(np.load("x.npy")))
         np.save("logits.npy", logits.numpy())
-        print(json.loads(extra["pnasnet.json"])["pnasnet.input_range"], sorted(m for m in sys.modules if "pnasnet" in m))
+        loaded = sorted(m for m in sys.modules if "pnasnet" in m)
+        print(json.loads(extra["pnasnet.json"])["pnasnet.input_range"], loaded)
         """)
     result = subprocess.run([sys.executable, "-I", "-c", script], cwd=tmp_path, capture_output=True, text=True,
                             timeout=120)
@@ -265,7 +266,8 @@ def test_the_command_names_the_extra_before_loading_weights(tmp_path, capsys, mo
     from pnasnet.cli import main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "litert_torch" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "litert_torch" else real(name, *a))
     # weights that do not exist: the missing package is reported first
     assert main(["export", "pnasnet5_mobile", "--weights", str(tmp_path / "absent.ckpt"), "--format", "tflite",
                  "--out", str(tmp_path / "m.tflite")]) == 2

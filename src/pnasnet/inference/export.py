@@ -49,8 +49,8 @@ import torch
 from ..atomic_files import fsync_dir
 from ..model.network import PNASNet
 from .fold import fold_batch_norms
-from .onnx_export import (DEFAULT_OPSET, ExportWrapper, dynamic_min_size, dynamic_shapes, export_onnx,
-                          graph_same_padding, output_names)
+from .onnx_export import (DEFAULT_OPSET, MAX_DYNAMIC_SIZE, ExportWrapper, dynamic_min_size, dynamic_shapes,
+                          export_onnx, graph_same_padding, output_names)
 
 __all__ = ["FORMATS", "FLOAT32_TOLERANCE", "ExportReport", "ExportVerificationError", "export", "export_metadata",
            "export_unavailable", "default_suffix", "tflite_metadata"]
@@ -119,10 +119,10 @@ class ExportReport:
         size = "dynamic" if self.dynamic_size else f"{self.image_size}x{self.image_size}"
         opset = f", opset {self.opset}" if self.opset else ""
         files = " + ".join(str(f) for f in self.files)
-        check = (f"centred cosine min {self.centered_cosine_min:.4f} (int8; max rel logit error "
+        what = "logit" if self.metadata.get("pnasnet.outputs", "").endswith("logits") else "feature"
+        check = (f"centred cosine min {self.centered_cosine_min:.4f} (int8; max rel {what} error "
                  f"{self.max_rel_err:.2e})" if self.centered_cosine_min is not None
-                 else f"max rel {'logit' if self.metadata.get('pnasnet.outputs', '').endswith('logits') else 'feature'} "
-                      f"error {self.max_rel_err:.2e} (tolerance {FLOAT32_TOLERANCE:g})")
+                 else f"max rel {what} error {self.max_rel_err:.2e} (tolerance {FLOAT32_TOLERANCE:g})")
         return (f"wrote {files} ({self.size_bytes / 2**20:.1f} MiB; {self.format}, {self.precision}, images {size}"
                 f"{opset}); checked in its runtime on {self.verified_images} {self.verified_on} at "
                 f"{', '.join(f'{s} px' for s in self.verified_sizes)}: {check}")
@@ -147,7 +147,7 @@ def export_metadata(model: PNASNet, image_size: int | None, *, precision: str = 
     """``{key: text}`` stored in every export: what the graph expects and returns."""
     preprocessing = getattr(model, "preprocessing", None) or {}
     transform = preprocessing.get("transform", "tf-slim")
-    size = (f"dynamic ({dynamic_min_size(model)} to 4096 px a side)" if dynamic_size else str(image_size))
+    size = (f"dynamic ({dynamic_min_size(model)} to {MAX_DYNAMIC_SIZE} px a side)" if dynamic_size else str(image_size))
     source = getattr(model, "weights_source", None)
     labels = _labels(model)
     meta = {

@@ -5,10 +5,11 @@ call, so a fixed-size export traces it as constants for the export size: the gra
 size only (the batch size stays free). A dynamic-size export (``dynamic_size=True``) first gives the
 padding modules a form without Python branches (:func:`graph_same_padding`), so the pad amounts
 become graph operations on the input's shape (``Shape`` -> ``Div``/``Mul``/``Sub`` -> ``Pad``) and
-the graph is exact at every size from :func:`dynamic_min_size` up. The exported graph takes ``images`` ``[N, 3, S, S]`` float32 in [0, 1]
-(the [-1, 1] rescaling is inside the graph) and returns ``features`` ``[N, F]`` and, unless the
-model is a feature-vector model, ``logits`` ``[N, num_classes]``. Batch norms are folded first
-(``fold_batch_norms``), so the graph has no BatchNormalization nodes.
+the graph is exact at every size from :func:`dynamic_min_size` up. The exported graph takes
+``images`` ``[N, 3, H, W]`` float32 in [0, 1] (the [-1, 1] rescaling is inside the graph) and returns
+``features`` ``[N, F]`` and, unless the model is a feature-vector model, ``logits``
+``[N, num_classes]``. Batch norms are folded first (``fold_batch_norms``), so the graph has no
+BatchNormalization nodes.
 
 Uses ``torch.onnx.export`` with the ``torch.export``-based exporter (``dynamo=True``, the default
 since PyTorch 2.9), which needs the ``onnx`` and ``onnxscript`` packages (``pip install
