@@ -1,12 +1,13 @@
 """`pnasnet serve` under pressure, with a model slow enough to pile requests up (PNASNet-5 Mobile,
 random weights, 224 px, one thread: about 0.1 s an image): a burst beyond the queue gets 503s with
 Retry-After while every accepted request completes; a request past --timeout gets 504; SIGTERM with
-requests in flight lets them finish and leaves no process behind. Runs in this order (the last
-test stops the server)."""
+requests in flight lets them finish and leaves no process behind. On both engines (Ray Serve: one
+replica, local Ray). Runs in this order (the last test stops the server)."""
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import subprocess
 import threading
 import time
@@ -17,21 +18,26 @@ pytest.importorskip("litserve")
 httpx = pytest.importorskip("httpx")
 
 from inference_images import write_small_crops  # noqa: E402
-from serve_server import ServerProcess, metric_value  # noqa: E402
+from serve_server import ServerProcess, metric_value, session_members  # noqa: E402
 
 MAX_QUEUE = 3
 TIMEOUT_S = 3.0
 JPEG = {"Content-Type": "image/jpeg"}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    log = tmp_path_factory.mktemp("serve_limits") / "server.log"
+HAS_RAY_SERVE = all(importlib.util.find_spec(m) is not None for m in ("ray", "ray.serve", "pnasnet.engines.ray_serve"))
+ENGINES = {"litserve": [], "ray": ["--engine", "ray", "--replicas", 1, "--cpus-per-replica", 1]}
+
+
+@pytest.fixture(scope="module", params=["litserve", pytest.param("ray", marks=pytest.mark.skipif(
+    not HAS_RAY_SERVE, reason="needs pnasnet[ray] (ray[serve])"))])
+def server(request, tmp_path_factory):
+    log = tmp_path_factory.mktemp(f"serve_limits_{request.param}") / "server.log"
     # --backend plain: the slower form of the model, so that requests pile up (the premise here)
     args = ["--model", "pnasnet5_mobile", "--weights", "none", "--backend", "plain", "--max-batch-size", 2,
             "--max-wait-ms", 10, "--threads", 1, "--max-queue", MAX_QUEUE, "--timeout", TIMEOUT_S, "--max-files", 96,
-            "--log-level", "warning"]
-    with ServerProcess(args, log) as process:
+            "--log-level", "warning", *ENGINES[request.param]]
+    with ServerProcess(args, log, start_timeout=120) as process:
         yield process
 
 
@@ -100,6 +106,7 @@ def test_sigterm_lets_requests_in_flight_finish(server, image):
     while (left := _group_members(server.process.pid)) and time.monotonic() < deadline:
         time.sleep(0.1)  # multiprocessing's resource tracker exits just after the main process
     assert not left, f"processes left behind: {left}\n{server.log()}"
+    assert not session_members(server.process.pid), "Ray's processes (groups of their own) are gone too"
 
 
 def _group_members(pgid: int) -> list[str]:

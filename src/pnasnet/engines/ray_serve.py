@@ -17,9 +17,10 @@ replica's event loop keeps reading requests.
   threads unless ``--threads``) and ``--gpus-per-replica`` GPUs.
 * **Limits**: per replica, as on LitServe: ``--max-queue`` admitted requests (503 + Retry-After
   beyond, in each protocol's error shape), ``--timeout`` (504), ``--max-body-bytes`` (413),
-  ``--max-pixels`` (422). ``max_ongoing_requests`` is set above the batch size (Ray's default of 5
-  would cap every batch at 5) and above ``--max-queue``, so the gateway, not Ray, refuses; beyond
-  that Ray's router holds at most ``--max-queue`` more per deployment.
+  ``--max-pixels`` (422). ``max_ongoing_requests`` is set far above the batch size (Ray's default
+  of 5 would cap every batch at 5) and above ``--max-queue``, so requests reach the gateway, which
+  admits or refuses them; Ray's router answers its own 503 only beyond ~1024 requests waiting for a
+  replica.
 * **Metrics**: ``GET /metrics`` is the answering replica's registry (``pnasnet_replica{pid=...}``
   names it); cluster-wide figures come from Ray's own metrics export (``ray_serve_*``).
 * **Faults**: Ray Serve replaces a replica that dies; requests it held are answered 5xx by the
@@ -145,8 +146,12 @@ def build_app(settings: ServeSettings, model_ref: Any, options: RayServeOptions,
     deployment = serve.deployment(
         ingress, name="PnasnetReplica",
         ray_actor_options={"num_cpus": options.cpus_per_replica, "num_gpus": gpus},
-        max_ongoing_requests=settings.max_queue + settings.max_batch_size,
-        max_queued_requests=settings.max_queue,
+        # Far above the batch size and --max-queue: every request reaches a replica's gateway, which
+        # admits --max-queue and refuses the rest at once in the protocol's shape (503 + Retry-After).
+        max_ongoing_requests=max(256, 2 * settings.max_queue + settings.max_batch_size),
+        # Ray's router counts requests it has not yet handed to a replica; a burst passes through it
+        # (a small bound here answered bursts with Ray's own 503), a flood beyond this bound does not.
+        max_queued_requests=max(1024, 4 * settings.max_queue),
         graceful_shutdown_timeout_s=settings.graceful_timeout_s,
         graceful_shutdown_wait_loop_s=0.5,
         **scaling)
