@@ -120,10 +120,9 @@ class CpuSupport:
         """One line for messages and benchmark reports, e.g. ``x86_64 AVX-512 (VNNI, BF16; no AMX)``."""
         if self.is_x86:
             base = "AVX-512" if self.avx512 else "AVX2" if self.avx2 else "no AVX2"
-            have = [name for name, ok in (("VNNI", self.avx512_vnni or self.avx_vnni), ("BF16", self.avx512_bf16),
-                                          ("AMX", self.amx)) if ok]
-            lack = [name for name, ok in (("VNNI", self.avx512_vnni or self.avx_vnni), ("BF16", self.avx512_bf16),
-                                          ("AMX", self.amx)) if not ok]
+            extras = (("VNNI", self.avx512_vnni or self.avx_vnni), ("BF16", self.avx512_bf16), ("AMX", self.amx))
+            have = [name for name, ok in extras if ok]
+            lack = [name for name, ok in extras if not ok]
             text = f"{self.arch} {base} ({', '.join(have) + ('; ' if have and lack else '')}"
             text += f"no {', '.join(lack)})" if lack else ")"
         else:
