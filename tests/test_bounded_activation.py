@@ -10,10 +10,12 @@ oneDNN post-ops), ONNX Runtime, the weights file and ``create_model``; the defau
 import importlib.util
 import json
 
+import numpy as np
 import pytest
 import torch
 
 import pnasnet
+from pnasnet.data import load_images
 from pnasnet.inference import fold_batch_norms, optimize, to_channels_last
 from pnasnet.inference.fused import FusedForward
 from pnasnet.model import LARGE, MOBILE, PNASNet
@@ -185,3 +187,34 @@ def test_command_line_flag(capsys, one_model_thread):
     args = parser.parse_args(["classify", "x.jpg", "--model", "auto", "--weights", str(CKPT), "--bounded-activation",
                               "--device", "cpu", "-q"])
     assert _load_model(args)[0].bounded_activation
+
+
+def test_serve_and_train_build_the_bounded_form(tmp_path, one_model_thread):
+    """``serve`` and ``train`` take the flag too; head mode's feature cache never hands the vectors
+    of the ReLU form to the bounded one (same parameters, another function)."""
+    from PIL import Image
+
+    from pnasnet.cli.main import build_parser
+    from pnasnet.serve.settings import ServeSettings, load_model
+    from pnasnet.training.feature_cache import cached_features
+    from pnasnet.training.models import load_backbone
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--bounded-activation"]).bounded_activation is True
+    assert parser.parse_args(["train", "d", "--out", "o", "--bounded-activation"]).bounded_activation is True
+    assert parser.parse_args(["train", "d", "--out", "o"]).bounded_activation is None
+    served = load_model(ServeSettings(model="auto", weights=str(CKPT), bounded_activation=True))
+    assert served.bounded_activation
+    assert not load_model(ServeSettings(model="auto", weights=str(CKPT))).bounded_activation
+    bounded = load_backbone("auto", CKPT, bounded_activation=True)
+    relu = load_backbone("auto", CKPT)
+    assert bounded.bounded_activation and not relu.bounded_activation and bounded.num_classes == 0
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((48, 48, 3)) * 255).astype(np.uint8)).save(photo)
+    cache = tmp_path / "cache"
+    first = cached_features(relu, [str(photo)], cache_dir=cache, image_size=48, workers=0)
+    second = cached_features(bounded, [str(photo)], cache_dir=cache, image_size=48, workers=0)
+    assert first.computed == 1 and second.computed == 1  # not served from the ReLU form's cache
+    with torch.inference_mode():
+        want = bounded.features(load_images([str(photo)], 48))[0].numpy()
+    assert np.abs(second.vectors[str(photo)] - want).max() <= 1e-4 * np.abs(want).max()

@@ -69,6 +69,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     weights, download, choice = _weights(args)
     settings = ServeSettings(
         model=args.model, weights=weights, seed=args.seed, image_size=args.image_size,
+        bounded_activation=args.bounded_activation,
         transform=args.transform, device=args.device, threads=args.threads, backend=args.backend,
         precision=args.precision, calibration=tuple(args.calibration or ()),
         calibration_count=args.calibration_count, workers=args.workers,
@@ -132,8 +133,9 @@ def add_serve_commands(sub: argparse._SubParsersAction) -> None:
                    help="preprocessing (default %(default)s: central crop 0.875 + bilinear, the published accuracy)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=d.device, help="default %(default)s")
     p.add_argument("--threads", type=int, help="CPU threads per inference worker (default: PyTorch's)")
-    from .options import add_backend_options, add_calibration_options
+    from .options import add_backend_options, add_bounded_activation_option, add_calibration_options
 
+    add_bounded_activation_option(p)
     add_backend_options(p)
     add_calibration_options(p)
     p.add_argument("--workers", type=int, default=d.workers,

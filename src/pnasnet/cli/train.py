@@ -39,7 +39,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         bfloat16=args.bfloat16, sync_batch_norm=args.sync_batch_norm, workers=args.workers, device=args.device,
         inference_batch_size=args.inference_batch_size, cache_dir=args.cache_dir, keep=args.keep,
         class_weight=args.class_weight, rotation_range=args.rotation_range, width_shift_range=args.width_shift_range,
-        height_shift_range=args.height_shift_range, zoom_range=args.zoom_range, tensorboard=args.tensorboard)
+        height_shift_range=args.height_shift_range, zoom_range=args.zoom_range, tensorboard=args.tensorboard,
+        bounded_activation=args.bounded_activation)
     try:
         with download_advice():
             result = train(args.image_dir, args.out, model=args.model, weights=choice.weights, options=options,
@@ -68,6 +69,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
     from ..training.options import DEFAULT_EPOCHS, TrainOptions
+    from .options import add_bounded_activation_option
 
     d = TrainOptions()
     p = sub.add_parser(
@@ -111,6 +113,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--keep", choices=["last", "best"], default=d.keep,
                    help="weights to write: after the last epoch (default, as make_image_classifier), or of the "
                         "epoch with the best validation accuracy (needs validation images)")
+    add_bounded_activation_option(g)
     g.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
                    help="balanced: weigh each image's loss by n_images / (n_classes * n_class) of its class, for "
                         "imbalanced folders (default %(default)s)")

@@ -25,6 +25,7 @@ class ServeSettings:
     # /v1/models/NAME:predict); None = the variant's name, or "pnasnet" for "auto" / a model directory.
     model_name: str | None = None
     seed: int = 0                       # seed of the random initialisation (weights None, a variant)
+    bounded_activation: bool | None = None  # TF-Slim's ReLU6 form; None: what the weights record
     image_size: int | None = None       # model input side; None = the model's own (331 / 224)
     transform: str = "tf-slim"          # "tf-slim" (published accuracy) or "resize"
     device: str = "auto"                # "auto", "cpu" or "cuda"
@@ -117,7 +118,8 @@ def load_model(settings: ServeSettings):
 
     if settings.weights is None:
         torch.manual_seed(settings.seed)  # random weights, reproducible (as `pnasnet classify` does)
-    return create_model(settings.model, weights=settings.weights, progress=False)
+    return create_model(settings.model, weights=settings.weights, progress=False,
+                        bounded_activation=settings.bounded_activation)
 
 
 def prepare_served_model(model, settings: ServeSettings):

@@ -85,6 +85,8 @@ def cached_features(model: PNASNet, paths: Sequence[str], *, cache_dir: str | os
     size = model_image_size(model, image_size)
     identity = {"parameters_sha256": parameters_sha256(model), "config": model.config.name,
                 "num_features": model.num_features, "transform": transform, "image_size": size}
+    if model.config.use_bounded_activation:  # another function of the same parameters (keys of ReLU models unchanged)
+        identity["bounded_activation"] = True
     key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     folder = Path(cache_dir) if cache_dir is not None else default_feature_cache_dir()
     folder = folder / key

@@ -17,16 +17,19 @@ __all__ = ["build_classifier", "describe_base", "inference_copy", "load_backbone
 _NEW_HEAD_PREFIXES = ("final_layer.FC.", "aux_")
 
 
-def load_backbone(model: str, weights: str | os.PathLike | None, *, progress: bool = True) -> PNASNet:
+def load_backbone(model: str, weights: str | os.PathLike | None, *, progress: bool = True,
+                  bounded_activation: bool | None = None) -> PNASNet:
     """The feature-vector network to train on: ``model`` is a variant, "auto" (configuration from
-    ``weights``) or a model directory (a classifier trained before: its final layer is dropped)."""
+    ``weights``) or a model directory (a classifier trained before: its final layer is dropped).
+    ``bounded_activation``: TF-Slim's ReLU6 form (None: what the weights record, else off)."""
     if model not in VARIANTS and model != "auto" and Path(model).expanduser().is_dir():
         if weights is None:
             weights = Path(model).expanduser() / MODEL_FILE
         model = "auto"
     if model == "auto" and weights is None:
         raise ValueError("model 'auto' takes its configuration from the weights: pass --weights")
-    return create_model(model, weights=weights, num_classes=0, progress=progress)
+    return create_model(model, weights=weights, num_classes=0, progress=progress,
+                        bounded_activation=bounded_activation)
 
 
 def describe_base(model: str, weights: str | os.PathLike | None) -> str:

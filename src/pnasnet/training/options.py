@@ -27,7 +27,8 @@ DEFAULT_EPOCHS = {"head": 30, "full": 5}
 # (make_image_classifier's help: "avoid < 8 when fine-tuning BN models"): "auto" freezes it.
 MIN_BATCH_FOR_BN = 8
 # settings that came after the first checkpoints (see TrainOptions.identity)
-_ADDED_LATER = ("keep", "class_weight", "rotation_range", "width_shift_range", "height_shift_range", "zoom_range")
+_ADDED_LATER = ("keep", "class_weight", "rotation_range", "width_shift_range", "height_shift_range", "zoom_range",
+                "bounded_activation")
 
 
 @dataclass
@@ -51,6 +52,8 @@ class TrainOptions:
     # epoch with the highest validation accuracy (ties: lower validation loss, then the earlier epoch)
     keep: str = "last"
     class_weight: str = "none"            # balanced: loss x n_samples / (n_classes * n_class), per class
+    # TF-Slim's use_bounded_activation (ReLU6, clipped branch outputs); None: what the weights record
+    bounded_activation: bool | None = None
     # full mode only
     augment: str = "tf-slim"              # tf-slim (random box crop, flip, colour), flip, none
     # make_image_classifier's other augmentations, applied after ``augment``; 0 = off (its default:

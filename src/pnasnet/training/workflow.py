@@ -219,7 +219,7 @@ def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = 
 def _train_head(folder: ImageFolder, out: Path, model_name: str, weights, options: TrainOptions,
                 device: torch.device, workers: int, reporter: TrainReporter, command: dict) -> TrainResult:
     seconds: dict[str, float] = {}
-    backbone = load_backbone(model_name, weights).to(device)
+    backbone = load_backbone(model_name, weights, bounded_activation=options.bounded_activation).to(device)
     size = model_image_size(backbone, options.image_size)
     base = describe_base(model_name, weights)
     reporter.note(f"features of {len(folder.images)} images ({backbone.config.name}, {size} px, "
@@ -286,7 +286,7 @@ def _train_full(folder: ImageFolder, out: Path, model_name: str, weights, option
         where = f"{where}, after its step {resume['step']}" if resume["step"] else f"the start of {where}"
         reporter.note(f"resuming from {checkpoint_path}: {where}")
     else:
-        backbone = load_backbone(model_name, weights)
+        backbone = load_backbone(model_name, weights, bounded_activation=options.bounded_activation)
         size = model_image_size(backbone, options.image_size)
         torch.manual_seed(derive_seed(options.seed, "init"))  # an aux head absent from the weights
         model = build_classifier(backbone, len(folder.classes), image_size=size, dropout_rate=options.dropout_rate,
