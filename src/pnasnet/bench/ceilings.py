@@ -36,9 +36,11 @@ def cpu_info() -> dict:
 
 def measure_ceilings(threads: int, seconds: float = 1.5) -> dict:
     """Best GFLOP/s of large matrix products and of 1x1 convolutions (channels-last), float32 and
-    bfloat16, on ``threads`` threads."""
+    bfloat16, and int8 products where the CPU has 32-bit int8 sums, on ``threads`` threads."""
     import torch
     import torch.nn.functional as F
+
+    from ..inference.cpu import cpu_support
 
     torch.set_num_threads(threads)
     out = {}
@@ -63,7 +65,12 @@ def measure_ceilings(threads: int, seconds: float = 1.5) -> dict:
                 w = torch.randn(cout, cin, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
                 rates.append(best(lambda: F.conv2d(x, w), 2 * batch * cin * cout * side * side))
             out[f"conv1x1_{label}"] = round(max(rates), 1)
-        try:  # int8 x int8 -> int32 products (VNNI where the CPU has it), in GOP/s
+        # int8 x int8 -> int32 products, in GOP/s. Only where int8 sums are 32-bit (VNNI, AMX, Arm
+        # dot product): elsewhere torch._int_mm falls back to a slow generic kernel, and its rate
+        # (not a limit of the machine) made int8 paths look like 100x their ceiling.
+        if not cpu_support().int8_accumulates_in_32_bits:
+            return out
+        try:
             a8, b8 = torch.randint(-100, 100, (2048, 2048), dtype=torch.int8), \
                 torch.randint(-100, 100, (2048, 2048), dtype=torch.int8)
             out["matmul_int8"] = round(best(lambda: torch._int_mm(a8, b8), 2 * 2048 ** 3), 1)
