@@ -303,10 +303,13 @@ def download(url: str | Sequence[str], dest: str | os.PathLike, *, sha256: str |
             except DownloadError as error:
                 failures.append((one, error, error.reason))
                 if index + 1 < len(urls):
-                    log.warning("%s failed (%s); trying the next mirror", one, error.reason)
+                    # Once: on stderr when talking to a person, else through logging (whose
+                    # last-resort handler would otherwise print the same line a second time).
                     if progress:
                         print(f"pnasnet: {one} failed ({error.reason}); trying the next mirror",
                               file=sys.stderr, flush=True)
+                    else:
+                        log.warning("%s failed (%s); trying the next mirror", one, error.reason)
         raise _all_failed(urls, failures, dest, sha256)
 
 
