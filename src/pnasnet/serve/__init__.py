@@ -13,6 +13,9 @@
 
     from pnasnet.serve import ServeSettings, run_server
     run_server(ServeSettings(model="pnasnet5_mobile", weights="tf-slim", port=8000))
+
+Layer: serve. It may import the layers below it (training, tasks, bench, inference, api, weights,
+data, model) but never engines or cli: the Ray Serve engine builds on it, not the other way round.
 """
 
 from .predictor import CLASSIFY, FEATURES, INFO, LOGITS, ImageInput, PredictRequest, PredictResult, Predictor

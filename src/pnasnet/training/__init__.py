@@ -14,6 +14,9 @@ schedule), ``checkpoint`` (save, resume, lock, best epoch), ``report`` (metrics,
 confusion matrix, matplotlib curves), ``tensorboard`` (TensorBoard scalars), ``model_card`` (the
 model directory's README.md), ``model_dir`` (the output), ``workflow`` (``train``),
 ``distributed`` (several processes under torchrun: DDP, sharded batches, rank-0 outputs).
+
+Layer: training. It may import tasks, bench, inference, api, weights, data and model; never serve,
+engines or cli.
 """
 
 from .dataset import DatasetError, ImageFolder, LabeledImage, scan_image_folder, split_train_validation
