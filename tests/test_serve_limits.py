@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -112,3 +114,19 @@ def test_sigterm_lets_requests_in_flight_finish(server, image):
 def _group_members(pgid: int) -> list[str]:
     out = subprocess.run(["pgrep", "-a", "-g", str(pgid)], capture_output=True, text=True).stdout
     return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+@pytest.mark.skipif(not HAS_RAY_SERVE, reason="needs pnasnet[ray] (ray[serve])")
+def test_ray_engine_stops_when_the_whole_process_group_is_signalled(tmp_path):
+    """Ctrl+C in a terminal (or `timeout`) signals the whole process group, the local Ray's own
+    processes included; Ray's calls then wait for a dead raylet. The server must still leave, within
+    its graceful timeout plus 10 s, saying why (it used to hang there for good)."""
+    args = ["--model", "pnasnet5_mobile", "--weights", "none", "--image-size", 64, "--threads", 1,
+            "--graceful-timeout", 2, "--log-level", "warning", *ENGINES["ray"]]
+    with ServerProcess(args, tmp_path / "server.log", start_timeout=120) as server:
+        time.sleep(2)  # running, not starting: the path of a shutdown, not of an interrupted start
+        os.killpg(server.process.pid, signal.SIGTERM)
+        start = time.monotonic()
+        assert server.wait(40) == 0, server.log()
+        assert time.monotonic() - start < 2 + 10 + 10
+        assert "pnasnet: stopping" in server.log()

@@ -104,7 +104,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         if ray_options is not None:
             from ..engines.ray_serve import run_server as run_ray_server
 
-            run_ray_server(settings, ray_options, announce=announce)
+            from ..engines.ray_serve import RayUnresponsive
+
+            try:
+                run_ray_server(settings, ray_options, announce=announce)
+            except RayUnresponsive:
+                # Ray's own exit hooks would wait for the dead local Ray as well: leave now.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(0)
         else:
             run_server(settings, engine=args.engine, announce=announce)
     except KeyboardInterrupt:

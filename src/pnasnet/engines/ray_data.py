@@ -80,6 +80,12 @@ def import_ray():
     return ray
 
 
+class RayUnresponsive(RuntimeError):
+    """Ray stopped answering while we stopped it (its local processes were killed by the same
+    signal); the caller should leave the process without Ray's exit hooks (``os._exit``), which
+    would wait for it too."""
+
+
 @contextmanager
 def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[Any]:
     """Use the Ray that this process is already connected to; else connect to ``address`` (or
@@ -98,7 +104,12 @@ def ray_session(address: str | None = None, *, quiet: bool = False) -> Iterator[
     ray.init(**options)
     try:
         yield ray
-    finally:
+    except RayUnresponsive:
+        raise  # Ray is gone: ray.shutdown() would wait forever
+    except BaseException:
+        ray.shutdown()
+        raise
+    else:
         ray.shutdown()
 
 

@@ -26,7 +26,10 @@ replica's event loop keeps reading requests.
 * **Faults**: Ray Serve replaces a replica that dies; requests it held are answered 5xx by the
   proxy, the others are served by the remaining replicas.
 * **Shutdown**: SIGTERM / Ctrl+C deletes the application (each replica finishes its requests in
-  flight, up to ``--graceful-timeout``), then stops the local Ray this process started.
+  flight, up to ``--graceful-timeout``), then stops the local Ray this process started. A signal to
+  the whole process group (Ctrl+C in a terminal, ``timeout``) also stops the local Ray's own
+  processes, so Ray can no longer drain: after ``--graceful-timeout`` + 10 s the server says so and
+  leaves (``RayUnresponsive``) instead of waiting for it forever.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from ..serve.predictor import PredictRequest, PredictResult, Predictor
 from ..serve.protocols import all_routes
 from ..serve.settings import ServeSettings, load_model, prepare_served_model
 from ..serve.shutdown import signals_start_shutdown
-from .ray_data import PoolSize, ray_session
+from .ray_data import PoolSize, RayUnresponsive, ray_session
 
 __all__ = ["APP_NAME", "RayServeOptions", "build_app", "parse_replicas", "run_server"]
 
@@ -172,6 +175,22 @@ def _placement(ray, settings: ServeSettings, options: RayServeOptions) -> tuple[
     return ("cuda" if gpus else "cpu"), float(gpus)
 
 
+def _finishes_within(seconds: float, call: Callable[[], Any], failure: str) -> bool:
+    """Run ``call`` in a daemon thread; whether it returned (or raised, which is reported) in time."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            call()
+        except Exception as error:  # not deployed yet (interrupted start), or the cluster is gone
+            print(f"pnasnet: {failure}: {error}", file=sys.stderr, flush=True)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name="pnasnet-ray-shutdown", daemon=True).start()
+    return done.wait(seconds)
+
+
 def run_server(settings: ServeSettings, options: RayServeOptions = RayServeOptions(),
                announce: Callable[[], None] | None = None) -> None:
     """Serve ``settings`` on Ray Serve until SIGTERM / SIGINT, then let the replicas finish the
@@ -213,9 +232,15 @@ def run_server(settings: ServeSettings, options: RayServeOptions = RayServeOptio
                 pass
             print("pnasnet: stopping: replicas finish the requests in flight", file=sys.stderr, flush=True)
         finally:
-            try:
-                serve.delete(APP_NAME, _blocking=True)  # graceful: each replica drains, then exits
-            except Exception as error:  # not deployed yet (interrupted start), or the cluster is gone
-                print(f"pnasnet: could not delete the Ray Serve application: {error}", file=sys.stderr)
+            # graceful: each replica drains, then exits. Bounded: a Ctrl+C in a terminal (or a signal
+            # to the process group, as `timeout` sends) reaches the local Ray's own processes too,
+            # and with its raylet gone Ray's calls wait forever.
+            limit = settings.graceful_timeout_s + 10
+            if not _finishes_within(limit, lambda: serve.delete(APP_NAME, _blocking=True),
+                                    "could not delete the Ray Serve application"):
+                print(f"pnasnet: Ray did not answer within {limit:g} s (a signal to the whole process group "
+                      "stops the local Ray's processes too; send SIGTERM to this process alone for a graceful "
+                      "stop); leaving without waiting for it", file=sys.stderr, flush=True)
+                raise RayUnresponsive(limit)
             if local:
-                serve.shutdown()
+                _finishes_within(30, serve.shutdown, "could not stop Ray Serve")
