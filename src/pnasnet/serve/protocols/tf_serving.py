@@ -22,7 +22,7 @@ import json
 
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from ..gateway import Gateway, Route, error_error
 from ..http_inputs import RequestRefused, read_body
