@@ -212,9 +212,11 @@ def requested_outputs(header: dict, has_classes: bool, max_top_k: int) -> list[_
 
 
 # ---------------------------------------------------------------------------- response body
-def _classification_strings(values: np.ndarray, top: list[list[tuple[int, str, float]]], k: int) -> np.ndarray:
-    """``[N, k]`` Triton classification strings ``"value:index:label"`` (most probable first)."""
-    rows = [[f"{float(values[n, i]):.9g}:{i}:{label}" for i, label, _ in entries[:k]] for n, entries in enumerate(top)]
+def _classification_strings(values: np.ndarray | None, top: list[list[tuple[int, str, float]]], k: int) -> np.ndarray:
+    """``[N, k]`` Triton classification strings ``"value:index:label"`` (most probable first); the
+    value is ``values[n, index]``, or with ``values`` None the probability ``top`` carries."""
+    rows = [[f"{float(p if values is None else values[n, i]):.9g}:{i}:{label}" for i, label, p in entries[:k]]
+            for n, entries in enumerate(top)]
     return np.array(rows, dtype=object).reshape(len(top), -1)
 
 
@@ -249,10 +251,11 @@ def infer_response(header: dict, name: str, tensors: list[tuple[dict, bytes | No
 def routes(gateway: Gateway) -> list[Route]:
     settings = gateway.settings
     served = settings.served_name()
+    server = {"name": "pnasnet", "version": _server_version(), "extensions": EXTENSIONS}
 
     async def server_metadata() -> dict:
         """Server name, version and protocol extensions."""
-        return {"name": "pnasnet", "version": _server_version(), "extensions": EXTENSIONS}
+        return server
 
     async def live() -> dict:
         """Liveness: the HTTP side answers."""
@@ -317,13 +320,14 @@ def routes(gateway: Gateway) -> list[Route]:
             arrays = {}
             if LOGITS in results:
                 arrays["logits"] = np.stack(results[LOGITS].outputs).astype(np.float32)
-                arrays["probabilities"] = softmax(arrays["logits"])
+                if any(a.name == "probabilities" for a in asked):
+                    arrays["probabilities"] = softmax(arrays["logits"])
             if FEATURES in results:
                 arrays["features"] = np.stack(results[FEATURES].outputs).astype(np.float32)
             tensors = []
             for a in asked:
-                if a.name == "top_k":
-                    array = _classification_strings(arrays["probabilities"], results[LOGITS].top_k, a.classes)
+                if a.name == "top_k":  # the probabilities decode_top_k gave with the top classes
+                    array = _classification_strings(None, results[LOGITS].top_k, a.classes)
                 elif a.classes:
                     array = _classification_strings(arrays[a.name], results[LOGITS].top_k, a.classes)
                 else:
