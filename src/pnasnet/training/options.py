@@ -26,9 +26,8 @@ DEFAULT_EPOCHS = {"head": 30, "full": 5}
 # Below this many images per forward pass batch statistics are too noisy to fine-tune batch norm
 # (make_image_classifier's help: "avoid < 8 when fine-tuning BN models"): "auto" freezes it.
 MIN_BATCH_FOR_BN = 8
-# settings that came after the first checkpoints (see TrainOptions.identity)
-_ADDED_LATER = ("keep", "class_weight", "rotation_range", "width_shift_range", "height_shift_range", "zoom_range",
-                "bounded_activation")
+# field metadata of the settings that came after the first checkpoints (see TrainOptions.identity)
+_ADDED_LATER = {"added_later": True}
 
 
 @dataclass
@@ -50,18 +49,21 @@ class TrainOptions:
     lr_schedule: str = "constant"         # constant (make_image_classifier) or cosine to zero
     # last: the weights after the last epoch (what make_image_classifier exports); best: those of the
     # epoch with the highest validation accuracy (ties: lower validation loss, then the earlier epoch)
-    keep: str = "last"
-    class_weight: str = "none"            # balanced: loss x n_samples / (n_classes * n_class), per class
+    keep: str = field(default="last", metadata=_ADDED_LATER)
+    # balanced: loss x n_samples / (n_classes * n_class), per class
+    class_weight: str = field(default="none", metadata=_ADDED_LATER)
     # TF-Slim's use_bounded_activation (ReLU6, clipped branch outputs); None: what the weights record
-    bounded_activation: bool | None = None
+    bounded_activation: bool | None = field(default=None, metadata=_ADDED_LATER)
     # full mode only
     augment: str = "tf-slim"              # tf-slim (random box crop, flip, colour), flip, none
     # make_image_classifier's other augmentations, applied after ``augment``; 0 = off (its default:
     # off unless --do_data_augmentation, then 40 / 0.2 / 0.2 / 0.2)
-    rotation_range: float = 0.0           # degrees: a random rotation in [-r, r]
-    width_shift_range: float = 0.0        # < 1: fraction of the width; >= 1: pixels; a shift in [-w, w]
-    height_shift_range: float = 0.0       # likewise for the height
-    zoom_range: float = 0.0               # each axis scaled by a random factor in [1 - z, 1 + z]
+    # rotation: degrees, a random rotation in [-r, r]; shifts: < 1 a fraction of the side, >= 1 pixels,
+    # a shift in [-w, w]; zoom: each axis scaled by a random factor in [1 - z, 1 + z]
+    rotation_range: float = field(default=0.0, metadata=_ADDED_LATER)
+    width_shift_range: float = field(default=0.0, metadata=_ADDED_LATER)
+    height_shift_range: float = field(default=0.0, metadata=_ADDED_LATER)
+    zoom_range: float = field(default=0.0, metadata=_ADDED_LATER)
     batch_norm_decay: float = DEFAULT_BN_DECAY
     freeze_batch_norm: str = "auto"       # auto: frozen when a forward pass sees < 8 images
     freeze_cells: int = 0                 # stem conv + the first N of model.cell_names
@@ -103,12 +105,9 @@ class TrainOptions:
         """The settings that change the result, for comparing a checkpoint with this run. Settings
         added after checkpoints were first written count only when not at their default, so that
         a run checkpointed before they existed still resumes."""
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("runtime")}
-        values["epochs"] = self.total_epochs
-        for f in dataclasses.fields(self):
-            if f.name in _ADDED_LATER and values[f.name] == f.default:
-                del values[f.name]
-        return values
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.metadata.get("runtime")
+                  and not (f.metadata.get("added_later") and getattr(self, f.name) == f.default)}
+        return values | {"epochs": self.total_epochs}
 
     def to_json_dict(self) -> dict:
         return dataclasses.asdict(self) | {"epochs": self.total_epochs}
