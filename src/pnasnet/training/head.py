@@ -27,7 +27,7 @@ from .loader import epoch_batches
 from .objective import classification_loss, l2_penalty, learning_rate_factor
 from .options import TrainOptions
 from .progress import SilentReporter, StopRequest, TrainingInterrupted, TrainReporter
-from .report import EpochRecord, kept_epoch
+from .report import EpochRecord, best_epoch
 from .rng import derive_seed
 
 __all__ = ["evaluate_head", "train_head"]
@@ -68,7 +68,7 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
     if options.keep == "best" and not has_val:
         raise ValueError("keep 'best' needs validation images")
     history: list[EpochRecord] = []
-    kept: dict[int, dict[str, torch.Tensor]] = {}
+    best_state: dict[str, torch.Tensor] | None = None  # keep="best": the layer of the best epoch so far
     step = 0
     for epoch in range(epochs):
         started = time.perf_counter()
@@ -95,14 +95,14 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
             record.val_loss, record.val_accuracy, _ = evaluate_head(layer, val_x, val_y, options.label_smoothing)
         record.seconds = time.perf_counter() - started
         history.append(record)
-        if options.keep == "best" and kept_epoch(history, "best") is record:
-            kept = {record.epoch: {k: v.detach().clone() for k, v in layer.state_dict().items()}}
+        if options.keep == "best" and best_epoch(history) is record:
+            best_state = {k: v.detach().clone() for k, v in layer.state_dict().items()}
         per_epoch = sum(r.seconds for r in history) / len(history)
         reporter.epoch_end(record, per_epoch * (epochs - epoch - 1))
         if stop is not None and stop.requested and epoch + 1 < epochs:
             raise TrainingInterrupted("head training stopped; run again to retrain it from the cached features")
-    if kept:
-        layer.load_state_dict(next(iter(kept.values())))
+    if best_state is not None:
+        layer.load_state_dict(best_state)
     with torch.no_grad():
         layer.bias.sub_(layer.weight @ center)
     return layer, history
