@@ -332,15 +332,16 @@ def test_unreachable_server_fails_fast_with_advice(cache):
 
 # -- several processes ------------------------------------------------------------------------------------
 
-# The child loads download.py (and its neighbours cache.py and transfer.py) by its path: they need only
-# the standard library, filelock and tqdm, and skipping the packages' __init__ (which import torch) keeps
-# each child start well under a second.
+# The child loads download.py (and its neighbours cache.py, transfer.py and ../atomic_files.py) by its
+# path: they need only the standard library, filelock and tqdm, and skipping the packages' __init__
+# (which import torch) keeps each child start well under a second.
 CHILD = textwrap.dedent("""
     import importlib.util, os, sys, types
     folder = os.path.dirname(sys.argv[4])
-    package = sys.modules["pnasnet_weights"] = types.ModuleType("pnasnet_weights")
-    package.__path__ = [folder]
-    spec = importlib.util.spec_from_file_location("pnasnet_weights.download", sys.argv[4])
+    for name, path in (("pnasnet", os.path.dirname(folder)), ("pnasnet.weights", folder)):
+        package = sys.modules[name] = types.ModuleType(name)
+        package.__path__ = [path]
+    spec = importlib.util.spec_from_file_location("pnasnet.weights.download", sys.argv[4])
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     print("ready", flush=True)

@@ -32,10 +32,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic_files import fsync_dir
+
 # Callers and tests know these names from this module: it re-exports them.
 from .cache import (CHECKSUMS_NAME, CHUNK_SIZE, ENV_HOME, ChecksumError, ChecksumUnknownError,  # noqa: F401
                     CorruptFileWarning, DownloadError, VerifyResult, _atomic_write_json, _expectation, _Expected,
-                    _fsync_dir, _inspect, _lock_path, _locked, _normalise_digest, _part_meta_path, _part_path, _record,
+                    _inspect, _lock_path, _locked, _normalise_digest, _part_meta_path, _part_path, _record,
                     _recorded, cache_dir, default_cache_dir, forget, sha256_file, verify, verify_cache)
 from .transfer import (CONNECT_TIMEOUT, _Body, _FetchFailed, _Interrupted, _open_file_url, _open_http,  # noqa: F401
                        _read_chunk, _scheme)
@@ -239,7 +241,7 @@ class _Download:
         # Record first, then rename: a kill in between leaves a complete .part that the next call
         # checks (against this record) and finishes, never a file without a record.
         os.replace(self.part, self.dest)
-        _fsync_dir(self.dest.parent)
+        fsync_dir(self.dest.parent)
         self.meta.unlink(missing_ok=True)
         return actual
 
