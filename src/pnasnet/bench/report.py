@@ -43,7 +43,7 @@ def to_markdown(results: dict) -> str:
     m = results["machine"]
     lines.append(f"# PNASNet inference benchmark: {results['model']} at {results['image_size']} px\n")
     lines.append(f"- Machine: {m.get('model', '?')}, {m.get('cpus')} CPUs, ISA {', '.join(m.get('isa', []))}")
-    lines.append(f"- Software: " + ", ".join(f"{k} {v}" for k, v in results.get("software", {}).items()))
+    lines.append("- Software: " + ", ".join(f"{k} {v}" for k, v in results.get("software", {}).items()))
     start = results.get("load_at_start", {})
     lines.append(f"- Machine load: {start.get('busy_before_start', '?')} busy before the start "
                  f"(loadavg {', '.join(f'{x:.2f}' for x in start.get('loadavg', []))}); other processes took "

@@ -81,15 +81,15 @@ def _run_one_shot(kind: str, spec: dict, python: str) -> dict:
 
 def _prepare(args, spec: dict, say) -> dict:
     """Files every worker shares: our .safetensors (and its load time), the ONNX exports."""
-    script = f"""
+    script = """
 import json, sys, time, os
-spec = json.loads(sys.argv[1]); out = {{}}
+spec = json.loads(sys.argv[1]); out = {}
 import torch, pnasnet
 from pnasnet.weights.ours import save_safetensors
 torch.manual_seed(0)
 model = pnasnet.create_model(spec["model"], weights=spec.get("weights"), progress=False)
 path = os.path.join(spec["workdir"], "model.safetensors")
-save_safetensors(model, path, {{"variant": spec["model"], "source": str(spec.get("weights") or "random")}})
+save_safetensors(model, path, {"variant": spec["model"], "source": str(spec.get("weights") or "random")})
 out["safetensors"] = path
 if spec.get("ours_onnx"):
     from pnasnet.inference.onnx_export import export_onnx
@@ -108,7 +108,7 @@ if spec.get("timm_onnx"):
             warnings.simplefilter("ignore")
             torch.onnx.export(m, (torch.rand(2, 3, spec["size"], spec["size"]),), spec["timm_onnx"],
                               input_names=["images"], output_names=["logits"],
-                              dynamic_shapes={{"x": {{0: torch.export.Dim("batch", min=1, max=4096)}}}},
+                              dynamic_shapes={"x": {0: torch.export.Dim("batch", min=1, max=4096)}},
                               dynamo=True, external_data=False)
         out["timm_onnx_s"] = round(time.perf_counter() - t, 1)
     except Exception as e:
