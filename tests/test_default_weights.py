@@ -20,7 +20,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import google_crc32c
 import numpy as np
 import pytest
 import torch
@@ -35,6 +34,7 @@ from pnasnet.weights.tf_checkpoint import TFCheckpoint
 from pnasnet.weights.tf_slim_names import export_tf_slim_variables
 
 from inference_images import write_small_crops  # noqa: E402
+from test_tf_checkpoint_reader import _encode_table, _masked_crc, _varint  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_model_thread")
 
@@ -43,33 +43,13 @@ SIZE = "64"  # small inputs: the weights are what is tested, not the resolution
 
 
 # ------------------------------------------------------------------ a TF V2 checkpoint, numpy only
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        out.append(low | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
+# The index is written by the reader tests' table writer, which they check byte for byte against TF's.
 def _varint_field(number: int, value: int) -> bytes:
     return _varint(number << 3) + _varint(value)
 
 
 def _bytes_field(number: int, value: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(value)) + value
-
-
-def _masked_crc(data: bytes) -> int:
-    crc = int(google_crc32c.value(data))
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _table_block(pairs: list[tuple[bytes, bytes]]) -> bytes:
-    """A LevelDB block: full keys (no prefix sharing), one restart point, then its trailer."""
-    body = b"".join(_varint(0) + _varint(len(k)) + _varint(len(v)) + k + v for k, v in pairs)
-    body += struct.pack("<II", 0, 1)
-    return body + b"\0" + struct.pack("<I", _masked_crc(body + b"\0"))
 
 
 _DTYPES = {np.dtype(np.float32): 1, np.dtype(np.int64): 9}  # DT_FLOAT, DT_INT64
@@ -88,14 +68,8 @@ def write_tf_checkpoint(prefix: Path, tensors: dict[str, np.ndarray]) -> None:
         pairs.append((name.encode(), entry))
         data += raw
     prefix.with_name(prefix.name + ".data-00000-of-00001").write_bytes(bytes(data))
-    data_block = _table_block(pairs)
-    meta_block = _table_block([])
-    handle = _varint(0) + _varint(len(data_block) - 5)
-    index_block = _table_block([(pairs[-1][0], handle)])
-    meta_at, index_at = len(data_block), len(data_block) + len(meta_block)
-    footer = (_varint(meta_at) + _varint(len(meta_block) - 5) + _varint(index_at) + _varint(len(index_block) - 5))
-    footer = footer.ljust(40, b"\0") + struct.pack("<Q", 0xDB4775248B80FB57)
-    prefix.with_name(prefix.name + ".index").write_bytes(data_block + meta_block + index_block + footer)
+    index = _encode_table(pairs, per_block=len(pairs), restart_interval=1)
+    prefix.with_name(prefix.name + ".index").write_bytes(index)
 
 
 def _trained_looking_mobile() -> dict[str, np.ndarray]:
