@@ -68,7 +68,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_commands(sub: argparse._SubParsersAction) -> None:
     """Register this group's subcommands on the top-level parser."""
-    from ..training.options import DEFAULT_EPOCHS, TrainOptions
+    from ..training.options import (AUGMENTATIONS, CLASS_WEIGHTS, DEFAULT_EPOCHS, FREEZE_BN_CHOICES, KEEP_CHOICES,
+                                    LR_SCHEDULES, MODES, TrainOptions)
     from .options import add_bounded_activation_option
 
     d = TrainOptions()
@@ -87,7 +88,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="weights to start from: a known source or a local file (default: the "
                                      "variant's published TF-Slim weights, downloaded once; a model directory's own); "
                                      "'none' = random initialisation")
-    p.add_argument("--mode", choices=["head", "full"], default=d.mode,
+    p.add_argument("--mode", choices=MODES, default=d.mode,
                    help="head: train a new final layer on cached feature vectors (fast, default); "
                         "full: fine-tune the whole network")
     g = p.add_argument_group("training")
@@ -97,7 +98,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="images per step (default %(default)s)")
     g.add_argument("--learning-rate", type=float, default=d.learning_rate, help="SGD (default %(default)s)")
     g.add_argument("--momentum", type=float, default=d.momentum, help="(default %(default)s)")
-    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default=d.lr_schedule,
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=d.lr_schedule,
                    help="(default %(default)s)")
     g.add_argument("--dropout-rate", type=float, default=d.dropout_rate,
                    help="dropout before the final layer (default %(default)s)")
@@ -110,17 +111,17 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--image-size", type=int, help="side of the model input (default: the model's, 331 / 224)")
     g.add_argument("--transform", choices=["tf-slim", "resize"], default=d.transform,
                    help="evaluation preprocessing, also used for head-mode features (default %(default)s)")
-    g.add_argument("--keep", choices=["last", "best"], default=d.keep,
+    g.add_argument("--keep", choices=KEEP_CHOICES, default=d.keep,
                    help="weights to write: after the last epoch (default, as make_image_classifier), or of the "
                         "epoch with the best validation accuracy (needs validation images)")
     add_bounded_activation_option(g)
-    g.add_argument("--class-weight", choices=["none", "balanced"], default=d.class_weight,
+    g.add_argument("--class-weight", choices=CLASS_WEIGHTS, default=d.class_weight,
                    help="balanced: weigh each image's loss by n_images / (n_classes * n_class) of its class, for "
                         "imbalanced folders (default %(default)s)")
     g.add_argument("--assert-accuracy-at-least", type=float, metavar="X",
                    help="exit with status 1 if the final validation accuracy is below X (0..1)")
     f = p.add_argument_group("full fine-tuning (--mode full)")
-    f.add_argument("--augment", choices=["tf-slim", "flip", "none"], default=d.augment,
+    f.add_argument("--augment", choices=AUGMENTATIONS, default=d.augment,
                    help="training augmentation: tf-slim = random box crop, flip, colour (default); flip; none")
     f.add_argument("--rotation-range", type=float, default=d.rotation_range, metavar="DEGREES",
                    help="random rotation in [-DEGREES, DEGREES] after --augment (make_image_classifier's; default "
@@ -134,7 +135,7 @@ def add_train_commands(sub: argparse._SubParsersAction) -> None:
                    help="each axis scaled by a random factor in [1 - Z, 1 + Z] (default %(default)s = off)")
     f.add_argument("--batch-norm-decay", type=float, default=d.batch_norm_decay,
                    help="moving-average decay of batch norm (default %(default)s, as TF-Hub v3)")
-    f.add_argument("--freeze-batch-norm", choices=["auto", "on", "off"], default=d.freeze_batch_norm,
+    f.add_argument("--freeze-batch-norm", choices=FREEZE_BN_CHOICES, default=d.freeze_batch_norm,
                    help="keep batch norm's moving statistics (auto: when a forward pass has < 8 images)")
     f.add_argument("--freeze-cells", type=int, default=d.freeze_cells, metavar="N",
                    help="do not train the stem and the first N cells (cell_stem_0, cell_stem_1, cell_0, ...)")
