@@ -46,6 +46,8 @@ BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
 # What the classify / features / serve commands and tasks accept: "auto" picks the fastest exact path
 # for the model's device, "plain" runs the model as it is (the training form, in eval mode).
 BACKEND_CHOICES = ("auto", "plain") + BACKENDS
+# What "auto" runs when a reduced precision is asked for (asking for one is the explicit choice of its path).
+_AUTO_REDUCED = {"bfloat16": "eager", "int8": "openvino"}
 PRECISIONS = ("float32", "bfloat16", "int8")
 _SUPPORTED = {"eager": ("float32", "bfloat16"), "compile": ("float32", "bfloat16"), "onnxruntime": ("float32",),
               "openvino": ("float32", "bfloat16", "int8")}
@@ -77,17 +79,18 @@ def precision_unavailable(backend: str, precision: str, support: CpuSupport | No
     support = support or cpu_support()
     if precision != "bfloat16":
         return None
-    alternatives = ("use --precision float32 (exact, the default), or --precision int8 --calibration ... "
+    backend = _AUTO_REDUCED[precision] if backend == "auto" else backend
+    alternatives = ("--precision float32 (exact, the default), or --precision int8 --calibration ... "
                     "(OpenVINO; about 2x float32 with VNNI)")
     if backend == "openvino" and not support.bf16_native:
         eager = "--backend eager (bfloat16 emulated by oneDNN, slower than float32), or " if support.bf16_runs else ""
         return (f"OpenVINO computes bfloat16 only on CPUs with AVX512-BF16 or AMX (elsewhere it computes "
                 f"float32 under the bfloat16 label); this CPU: {support.describe()}. Use {eager}{alternatives}")
-    if backend in ("eager", "compile", "auto") and not support.bf16_runs:
+    if backend in ("eager", "compile") and not support.bf16_runs:
         needs = ("AVX-512 (BW, VL, DQ), AVX-NE-CONVERT or AMX" if support.is_x86 else "the Arm BF16 extension")
         return (f"bfloat16 needs a CPU with {needs}: PyTorch's oneDNN bfloat16 convolutions exist only there, "
                 f"and are faster than float32 only with AVX512-BF16 or AMX; this CPU: {support.describe()}. "
-                f"{alternatives[0].upper()}{alternatives[1:]}")
+                f"Use {alternatives}")
     return None
 
 
@@ -338,12 +341,10 @@ class OpenVINOModel(_GraphModel):
             core = ov.Core()
             graph = core.read_model(str(path))
             if precision == "int8":
-                from .int8 import quantize_openvino_model
+                from .int8 import overflow_fix, quantize_openvino_model
 
-                from .int8 import overflow_fix
-
-                graph = quantize_openvino_model(graph, calibration)
-                self.int8_overflow_fix = overflow_fix()
+                self.int8_overflow_fix = overflow_fix()  # recorded: how this CPU class was quantized
+                graph = quantize_openvino_model(graph, calibration, self.int8_overflow_fix)
             # int8: what NNCF left unquantized runs in float32, not in bfloat16 where the CPU has it
             config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
                       "PERFORMANCE_HINT": hint}
@@ -398,7 +399,7 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
                       "bfloat16 is emulated and slower than float32", RuntimeWarning, stacklevel=2)
     if model.training:
         raise RuntimeError("optimize() builds an inference model: call model.eval() first")
-    if backend in ("onnxruntime", "openvino") and next(model.parameters()).device.type != "cpu":
+    if backend in ("onnxruntime", "openvino") and device.type != "cpu":
         raise ValueError(f"backend {backend!r} runs on the CPU: move the model to the CPU first")
     if backend == "eager":
         return EagerModel(model, precision, in_place=in_place)
@@ -436,8 +437,7 @@ def check_backend_choice(backend: str, precision: str = "float32", device: torch
         raise ValueError(f"backend {backend!r} supports precision {', '.join(_SUPPORTED[backend])} only")
     on_cpu = device is None or torch.device(device).type == "cpu"
     if on_cpu or backend in ("onnxruntime", "openvino"):
-        effective = {"bfloat16": "eager", "int8": "openvino"}.get(precision, backend) if backend == "auto" else backend
-        why = precision_unavailable(effective, precision)
+        why = precision_unavailable(backend, precision)
         if why:
             raise PrecisionUnavailableError(why)
     reason = backend_unavailable(backend) if backend in BACKENDS else None
@@ -459,8 +459,8 @@ def for_inference(model: nn.Module, backend: str = "auto", precision: str = "flo
     if isinstance(model, InferenceModel):
         return model
     check_backend_choice(backend, precision, device=next(model.parameters()).device)
-    if backend == "auto":  # asking for a reduced precision is the explicit choice of its path
-        backend = {"float32": auto_backend(model), "bfloat16": "eager", "int8": "openvino"}[precision]
+    if backend == "auto":
+        backend = _AUTO_REDUCED.get(precision) or auto_backend(model)
     if backend == "plain":
         return model
     was_training = model.training

@@ -64,10 +64,10 @@ def overflow_fix(support: CpuSupport | None = None) -> str:
     return "first_layer_only" if support.int8_accumulates_in_32_bits else "enable"
 
 
-def quantize_openvino_model(graph, calibration: torch.Tensor, support: CpuSupport | None = None):
+def quantize_openvino_model(graph, calibration: torch.Tensor, fix: str | None = None):
     """The int8 form of the OpenVINO model ``graph`` (``openvino.Model``), calibrated on
     ``calibration`` (as :func:`check_calibration` returns it), one image per statistics pass, with
-    the overflow fix this CPU class needs (:func:`overflow_fix`)."""
+    NNCF's overflow fix ``fix`` (default: what this CPU class needs, :func:`overflow_fix`)."""
     import logging
 
     import nncf
@@ -83,7 +83,7 @@ def quantize_openvino_model(graph, calibration: torch.Tensor, support: CpuSuppor
     # 0.96 -> 0.98 (mobile_tiny). MIXED: symmetric weights, asymmetric activations.
     advanced = AdvancedQuantizationParameters(
         activations_range_estimator_params=RangeEstimatorParametersSet.HISTOGRAM,
-        overflow_fix=OverflowFix(overflow_fix(support)))
+        overflow_fix=OverflowFix(fix or overflow_fix()))
     return nncf.quantize(graph, nncf.Dataset(samples), subset_size=len(samples),
                          preset=nncf.QuantizationPreset.MIXED, fast_bias_correction=True,
                          advanced_parameters=advanced)
