@@ -366,15 +366,19 @@ def check_existing(path: str | os.PathLike, *, url: str | None = None, sha256: s
     Returns None when the file may be used, else why not. The file itself is never moved or changed
     (it is not ours); ``url`` is only noted in the record.
     """
-    path = Path(path).expanduser().absolute()
-    expected = _expectation(path, _normalise_digest(sha256), None, cache,
-                            _normalise_digest(sha256_prefix, prefix=True))
+    return _problem_or_trust(Path(path).expanduser().absolute(), url, _normalise_digest(sha256),
+                             _normalise_digest(sha256_prefix, prefix=True), None, cache)
+
+
+def _problem_or_trust(path: Path, url: str | None, sha256: str | None, sha256_prefix: str | None,
+                      size: int | None, cache: str | os.PathLike | None) -> str | None:
+    """Why the finished ``path`` may not be used, or None; a usable file with no record (or whose record
+    disagrees with a given digest) is recorded now (first use)."""
+    expected = _expectation(path, sha256, size, cache, sha256_prefix)
     problem, actual = _inspect(path, expected)
-    if problem is not None:
-        return problem
-    if not expected.from_record:
+    if problem is None and not expected.from_record:
         _record_if_new(path, cache, expected.sha256 or actual, url)
-    return None
+    return problem
 
 
 def _existing_ok(dest: Path, url: str, sha256: str | None, sha256_prefix: str | None, size: int | None,
@@ -383,11 +387,8 @@ def _existing_ok(dest: Path, url: str, sha256: str | None, sha256_prefix: str | 
 
     A file with no known digest is trusted now (first use) and its digest recorded.
     """
-    expected = _expectation(dest, sha256, size, cache, sha256_prefix)
-    problem, actual = _inspect(dest, expected)
+    problem = _problem_or_trust(dest, url, sha256, sha256_prefix, size, cache)
     if problem is None:
-        if not expected.from_record:
-            _record_if_new(dest, cache, expected.sha256 or actual, url)
         return True
     if repair:
         aside = dest.with_name(dest.name + ".corrupt")
