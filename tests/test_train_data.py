@@ -128,7 +128,7 @@ def test_confusion_matrix_and_per_class_precision_recall():
     pred = [0, 0, 1, 1, 1, 0]
     assert confusion_matrix(true, pred, 3) == [[2, 1, 0], [0, 2, 0], [1, 0, 0]]
     report = evaluation_report(true, pred, ["a", "b", "c"], evaluated_on="validation")
-    assert report["accuracy"] == pytest.approx(4 / 6)
+    assert report["accuracy"] == pytest.approx(4 / 6) and report["correct"] == 4
     per = {row["label"]: row for row in report["per_class"]}
     assert per["a"]["precision"] == pytest.approx(2 / 3) and per["a"]["recall"] == pytest.approx(2 / 3)
     assert per["b"]["precision"] == pytest.approx(2 / 3) and per["b"]["recall"] == 1.0

@@ -143,9 +143,8 @@ def model_card(out: str | os.PathLike, config: dict, metrics: dict, *, curves: b
                      _percent(last["val_accuracy"])])
     lines += _table(["epoch", "training loss", "training accuracy", "validation loss", "validation accuracy"], rows)
     images = final["images"]
-    correct = sum(final["confusion_matrix"]["matrix"][k][k] for k in range(len(labels)))
     lines += ["", f"The kept model on the {final['evaluated_on']} images: accuracy {_percent(final['accuracy'])} "
-                  f"({correct} of {images}), loss {_number(final['loss'])}."
+                  f"({final['correct']} of {images}), loss {_number(final['loss'])}."
               + (" (No validation images: these are the training images, not a measure of generalisation.)"
                  if final["evaluated_on"] != "validation" else ""), ""]
     lines += _table(["class", "precision", "recall", "F1", "images"],

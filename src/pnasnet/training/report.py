@@ -90,6 +90,7 @@ def evaluation_report(true: Sequence[int], predicted: Sequence[int], labels: Seq
     return {
         "evaluated_on": evaluated_on,
         "images": len(true),
+        "correct": correct,
         "accuracy": correct / len(true) if len(true) else None,
         "loss": loss,
         "confusion_matrix": {"labels": list(labels), "rows": "true class", "columns": "predicted class",

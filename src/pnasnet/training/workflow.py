@@ -392,7 +392,7 @@ def _finish(out: Path, model: PNASNet, folder: ImageFolder, split: Split, unread
         reporter.note(f"kept epoch {kept.epoch} of {len(history)} (best validation accuracy {kept.val_accuracy:.4f})")
     reporter.note(f"wrote {out} ({', '.join(p.name for p in written)})")
     if accuracy is not None:
-        correct = sum(evaluation["confusion_matrix"]["matrix"][k][k] for k in range(len(labels)))
-        reporter.note(f"{evaluation['evaluated_on']} accuracy {accuracy:.4f} ({correct} of {evaluation['images']} images)")
+        reporter.note(f"{evaluation['evaluated_on']} accuracy {accuracy:.4f} "
+                      f"({evaluation['correct']} of {evaluation['images']} images)")
     return TrainResult(out, options.mode, labels, history, evaluation, balance, list(unreadable), seconds,
                        kept_epoch=kept.epoch if kept else None)
