@@ -106,38 +106,34 @@ class Gateway:
         Errors are shaped by ``error``."""
         try:
             self.authorize(request)
+            body = await (self._admitted(work) if admit else work(time.monotonic() + self.settings.timeout_s))
         except RequestRefused as refusal:
             self.metrics.errors.labels(refusal.reason).inc()
             return error(refusal.status, refusal.message, refusal.headers)
-        if not admit:
-            try:
-                body = await work(time.monotonic() + self.settings.timeout_s)
-            except RequestRefused as refusal:
-                self.metrics.errors.labels(refusal.reason).inc()
-                return error(refusal.status, refusal.message, refusal.headers)
-            return body if isinstance(body, Response) else JSONResponse(body)
+        return body if isinstance(body, Response) else JSONResponse(body)
+
+    async def _admitted(self, work: Callable[[float], Awaitable[Response | dict]]) -> Response | dict:
+        """``await work(deadline)`` as one of at most ``--max-queue`` requests in flight (503 +
+        Retry-After beyond), within ``--timeout`` (504)."""
         if self.in_flight >= self.settings.max_queue:
-            self.metrics.errors.labels("queue_full").inc()
             retry = str(max(1, round(self._recent_latency)))
-            return error(503, f"server busy: {self.in_flight} requests queued (--max-queue "
-                              f"{self.settings.max_queue}); retry after {retry} s", {"Retry-After": retry})
+            raise RequestRefused(503, f"server busy: {self.in_flight} requests queued (--max-queue "
+                                      f"{self.settings.max_queue}); retry after {retry} s", "queue_full",
+                                 {"Retry-After": retry})
         self.in_flight += 1
         self.metrics.in_flight.inc()
         start = time.perf_counter()
         deadline = time.monotonic() + self.settings.timeout_s  # the worker stops computing after it, too
         try:
             body = await asyncio.wait_for(work(deadline), self.settings.timeout_s)
-            self._recent_latency = 0.8 * self._recent_latency + 0.2 * (time.perf_counter() - start)
-            return body if isinstance(body, Response) else JSONResponse(body)
         except asyncio.TimeoutError:
-            self.metrics.errors.labels("timeout").inc()
-            return error(504, f"no answer within {self.settings.timeout_s:g} s (--timeout)", None)
-        except RequestRefused as refusal:
-            self.metrics.errors.labels(refusal.reason).inc()
-            return error(refusal.status, refusal.message, refusal.headers)
+            raise RequestRefused(504, f"no answer within {self.settings.timeout_s:g} s (--timeout)", "timeout") \
+                from None
         finally:
             self.in_flight -= 1
             self.metrics.in_flight.dec()
+        self._recent_latency = 0.8 * self._recent_latency + 0.2 * (time.perf_counter() - start)
+        return body
 
 
 class Route:
