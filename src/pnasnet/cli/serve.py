@@ -102,9 +102,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     try:
         if ray_options is not None:
-            from ..engines.ray_serve import run_server as run_ray_server
-
-            from ..engines.ray_serve import RayUnresponsive
+            from ..engines.ray_serve import RayUnresponsive, run_server as run_ray_server
 
             try:
                 run_ray_server(settings, ray_options, announce=announce)
@@ -168,8 +166,8 @@ def add_serve_commands(sub: argparse._SubParsersAction) -> None:
     net = p.add_argument_group("network")
     net.add_argument("--host", default=d.host, help="address to listen on: 127.0.0.1 (default), 0.0.0.0 or ::")
     net.add_argument("--port", type=int, default=d.port, help="default %(default)s")
-    net.add_argument("--api-key-file", help=f"file holding an API key that /v1/* requests must send (or set "
-                                            f"${API_KEY_ENV}); health, readiness and metrics stay open")
+    net.add_argument("--api-key-file", help=f"file holding an API key that /v1/* and /v2/models/* requests must "
+                                            f"send (or set ${API_KEY_ENV}); health, readiness and metrics stay open")
     batching = p.add_argument_group("dynamic batching")
     batching.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
                           help="requests run together, at most (default %(default)s)")
