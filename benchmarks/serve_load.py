@@ -35,6 +35,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from pnasnet.bench.ceilings import cpu_info
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from serve_server import ServerProcess, metric_value  # noqa: E402  (the tests' server runner)
 
@@ -179,8 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for engine in args.engines.split(","):
             rows += run_engine(args, engine, concurrencies, body, Path(logs), model_only)
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = cpu_info().get("model") or platform.processor()
     print(f"\n{args.model}, {args.image_size or 'default'} px, {args.requests} requests of one {len(body)}-byte JPEG "
           f"per row, loopback, max batch {args.max_batch_size} within {args.max_wait_ms:g} ms; {cpu}, "
           f"{os.cpu_count()} CPUs, {args.threads} model thread(s) per worker / replica; load average {load_before:.2f} before, "
