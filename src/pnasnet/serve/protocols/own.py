@@ -13,8 +13,6 @@ from ..http_inputs import parse_top_k, read_images
 from ..http_outputs import ClassifyResponse, FeaturesResponse, openapi_extra, result_body
 from ..predictor import CLASSIFY, FEATURES, PredictRequest
 
-IMAGE_ENDPOINTS = ("/v1/classify", "/v1/features")
-
 
 def routes(gateway: Gateway) -> list[Route]:
     settings = gateway.settings
