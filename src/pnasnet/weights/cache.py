@@ -266,12 +266,6 @@ def _inspect(path: Path, expected: _Expected) -> tuple[str | None, str | None]:
     return expected.prefix_problem(actual), actual
 
 
-def _mismatch(path: Path, expected: _Expected) -> tuple[str, str | None] | None:
-    """None if ``path`` meets ``expected``; else (reason, actual digest or None)."""
-    problem, actual = _inspect(path, expected)
-    return None if problem is None else (problem, actual)
-
-
 def verify(path: str | os.PathLike, *, sha256: str | None = None,
            cache: str | os.PathLike | None = None) -> str:
     """Check ``path`` against ``sha256`` or, when not given, its trust-on-first-use record.
@@ -286,9 +280,8 @@ def verify(path: str | os.PathLike, *, sha256: str | None = None,
     if not expected.known:
         raise ChecksumUnknownError(f"no checksum is known for {path}: pass sha256= or download it with "
                                    f"pnasnet so that its digest is recorded")
-    problem = _mismatch(path, expected)
-    if problem is not None:
-        reason, actual = problem
+    reason, actual = _inspect(path, expected)
+    if reason is not None:
         entry = _recorded(path, cache) or {}
         raise ChecksumError(f"{path} failed verification: {reason}", url=entry.get("url"), path=path,
                             expected=expected.sha256, actual=actual)
