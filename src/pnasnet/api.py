@@ -50,11 +50,16 @@ def _classes_for(variant: Variant, source_classes: int | None, requested: int | 
 PRETRAINED = "tf-slim"
 
 
+def local_weights(weights: str | os.PathLike) -> Path | None:
+    """``weights`` as an existing local path (a file, a folder or a checkpoint prefix), else None."""
+    path = Path(weights).expanduser()
+    return path if path.exists() or Path(str(path) + ".index").exists() else None
+
+
 def source_name(weights: str | os.PathLike) -> str | None:
     """``weights`` as a registry source name ("tf-slim", "pnasnet5_mobile:tf-slim"), or None when it
     is (or can only be) a local path: an existing file or folder, or anything with a dot or a slash."""
-    path = Path(weights).expanduser()
-    if path.exists() or Path(str(path) + ".index").exists():
+    if local_weights(weights) is not None:
         return None
     text = str(weights)
     return text if "/" not in text and os.sep not in text and "." not in text else None
@@ -67,8 +72,8 @@ def resolve_weights(name: str, weights: str | os.PathLike, *, progress: bool = T
         from .weights.sources import fetch, find_source
 
         return fetch(find_source(name, source), progress=progress)
-    path = Path(weights).expanduser()
-    if path.exists() or Path(str(path) + ".index").exists():
+    path = local_weights(weights)
+    if path is not None:
         return path
     raise FileNotFoundError(f"{weights}: no such file, folder or checkpoint prefix")
 

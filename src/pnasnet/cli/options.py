@@ -18,7 +18,6 @@ import argparse
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 NO_WEIGHTS = "none"
 
@@ -50,10 +49,10 @@ class WeightsChoice:
 def choose_weights(model: str, weights: str | None, *, seed: int = 0) -> WeightsChoice:
     """The weights a command loads for ``--model model --weights weights`` (None: not given).
     Raises ValueError for a combination that cannot work; downloads nothing."""
-    from ..api import PRETRAINED, VARIANTS, is_model_dir, list_models
+    from ..api import PRETRAINED, VARIANTS, is_model_dir, list_models, local_weights
 
     text = None if weights is None else str(weights)
-    named_file = text is not None and (Path(text).expanduser().exists() or Path(text + ".index").exists())
+    named_file = text is not None and local_weights(text) is not None
     if text is not None and text.lower() == NO_WEIGHTS and not named_file:
         if model == "auto":
             raise ValueError("--model auto takes its configuration from the weights: --weights none gives it "
