@@ -9,6 +9,7 @@ model directory holding another run); 130 interrupted (the same command resumes)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -28,19 +29,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.assert_accuracy_at_least is not None and args.validation_fraction == 0:
         raise ValueError("--assert-accuracy-at-least needs validation images (--validation-fraction > 0)")
-    options = TrainOptions(
-        mode=args.mode, epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        momentum=args.momentum, dropout_rate=args.dropout_rate, l2_regularizer=args.l2_regularizer,
-        label_smoothing=args.label_smoothing, validation_fraction=args.validation_fraction,
-        image_size=args.image_size, transform=args.transform, seed=args.seed, lr_schedule=args.lr_schedule,
-        augment=args.augment, batch_norm_decay=args.batch_norm_decay, freeze_batch_norm=args.freeze_batch_norm,
-        freeze_cells=args.freeze_cells, aux_head=args.aux_head, layer_lr_decay=args.layer_lr_decay,
-        drop_path_keep_prob=args.drop_path_keep_prob, accumulation_steps=args.accumulation_steps,
-        bfloat16=args.bfloat16, sync_batch_norm=args.sync_batch_norm, workers=args.workers, device=args.device,
-        inference_batch_size=args.inference_batch_size, cache_dir=args.cache_dir, keep=args.keep,
-        class_weight=args.class_weight, rotation_range=args.rotation_range, width_shift_range=args.width_shift_range,
-        height_shift_range=args.height_shift_range, zoom_range=args.zoom_range, tensorboard=args.tensorboard,
-        bounded_activation=args.bounded_activation)
+    # every TrainOptions field has the flag of its name (--bf16 stores bfloat16); aux_loss_weight has none
+    options = TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)
+                              if hasattr(args, f.name)})
     try:
         with download_advice():
             result = train(args.image_dir, args.out, model=args.model, weights=choice.weights, options=options,
