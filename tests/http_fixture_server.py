@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+def closed_port_url(name: str = "w.bin") -> str:
+    """A URL on 127.0.0.1 where nothing listens (a port that was free a moment ago)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/{name}"
 
 
 @dataclass

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from http_fixture_server import FixtureServer
+from http_fixture_server import FixtureServer, closed_port_url
 from pnasnet.weights import download as dl
 from pnasnet.weights.download import (ChecksumError, ChecksumUnknownError, CorruptFileWarning, DownloadError,
                                       cache_dir, default_cache_dir, download, forget, sha256_file, verify,
@@ -316,10 +315,7 @@ def test_offline_env_still_uses_a_cached_file(server, cache, monkeypatch):
 
 
 def test_unreachable_server_fails_fast_with_advice(cache):
-    with socket.socket() as probe:          # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    url = f"http://127.0.0.1:{port}/w.bin"
+    url = closed_port_url()
     dest = cache / "w.bin"
     start = time.monotonic()
     with pytest.raises(DownloadError) as info:

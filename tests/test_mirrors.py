@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import random
-import socket
 import sys
 import time
 import types
@@ -17,12 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from http_fixture_server import FixtureServer
+from http_fixture_server import FixtureServer, closed_port_url
 from pnasnet.weights import download as dl
 from pnasnet.weights.download import ChecksumError, CorruptFileWarning, DownloadError, download
 from pnasnet.weights.hf_cache import HubFile, find_in_hub_cache, hub_cache_dir
 from pnasnet.weights.sources import (SOURCES, TIMM_REVISION, WeightsSourceInfo, cached_path, fetch,
                                      find_source)
+from test_download import leftovers, records
 
 DATA = random.Random(10).randbytes(120_000)
 OTHER = random.Random(11).randbytes(120_000)
@@ -49,24 +48,9 @@ def servers():
         yield a, b, c
 
 
-def closed_port_url(name: str = "w.bin") -> str:
-    with socket.socket() as probe:          # a port that was free a moment ago: nothing listens there
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    return f"http://127.0.0.1:{port}/{name}"
-
-
 def serve_at(server: FixtureServer, url: str, data: bytes) -> None:
     """Serve ``data`` at the path of ``url`` (a registry URL rewritten onto ``server``)."""
     server.serve(urllib.parse.urlsplit(url).path.lstrip("/"), data)
-
-
-def leftovers(dest: Path) -> list[str]:
-    return sorted(p.name for p in dest.parent.glob(dest.name + ".part*"))
-
-
-def records(cache: Path) -> dict:
-    return json.loads((cache / "checksums.json").read_text())["files"]
 
 
 def warning_lines(err: str) -> list[str]:
