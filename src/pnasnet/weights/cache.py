@@ -257,12 +257,12 @@ def _inspect(path: Path, expected: _Expected) -> tuple[str | None, str | None]:
     """(why ``path`` does not meet ``expected`` or None, its SHA-256 if it had to be computed)."""
     actual_size = path.stat().st_size
     if expected.size is not None and actual_size != expected.size:
-        return f"size {actual_size} bytes, expected {expected.size}", None
+        return f"got {actual_size} bytes, expected {expected.size} ({expected.source})", None
     if expected.sha256 is None and expected.sha256_prefix is None:
         return None, None
     actual = sha256_file(path)
     if expected.sha256 is not None and actual != expected.sha256:
-        return f"sha256 {actual}, expected {expected.sha256} ({expected.source})", actual
+        return f"checksum mismatch: got sha256 {actual}, expected {expected.sha256} ({expected.source})", actual
     return expected.prefix_problem(actual), actual
 
 

@@ -220,24 +220,18 @@ class _Download:
     # -- finish --------------------------------------------------------------------------------------
 
     def _verify_and_finish(self) -> str:
-        actual_size = self.part.stat().st_size
-        actual = sha256_file(self.part)
         expected = self.expected
-        reason, hint = None, ""
-        if expected.size is not None and actual_size != expected.size:
-            reason = f"got {actual_size} bytes, expected {expected.size} ({expected.source})"
-        elif expected.known and actual != expected.sha256:
-            reason = f"checksum mismatch: got sha256 {actual}, expected {expected.sha256} ({expected.source})"
-        if reason is not None and expected.from_record:
-            hint = (f" If the file changed upstream on purpose, drop the old record with "
-                    f"pnasnet.weights.download.forget({str(self.dest)!r}) and download again.")
-        reason = reason or expected.prefix_problem(actual)
+        reason, actual = _inspect(self.part, expected)    # a file of the wrong size is not hashed
         if reason is not None:
+            hint = "" if not expected.from_record else (
+                f" If the file changed upstream on purpose, drop the old record with "
+                f"pnasnet.weights.download.forget({str(self.dest)!r}) and download again.")
             self.discard_partial()
             raise ChecksumError(f"{self.url}: {reason}; the downloaded file {self.part} was deleted and "
                                 f"{self.dest} was not written.{hint}",
                                 url=self.url, path=self.dest, expected=expected.sha256, actual=actual, reason=reason)
-        _record(self.dest, self.cache, sha256=actual, size=actual_size, url=self.url)
+        actual = actual or sha256_file(self.part)     # hashed above only when there was something to check
+        _record(self.dest, self.cache, sha256=actual, size=self.part.stat().st_size, url=self.url)
         # Record first, then rename: a kill in between leaves a complete .part that the next call
         # checks (against this record) and finishes, never a file without a record.
         os.replace(self.part, self.dest)
