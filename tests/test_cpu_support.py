@@ -34,7 +34,7 @@ FLAGS = {  # /proc/cpuinfo flags of the CPU kinds this project has run on, and t
 
 
 def fake_cpu(monkeypatch, flags: str, machine: str = "x86_64", env: dict | None = None) -> CpuSupport:
-    monkeypatch.setattr(cpu_module, "_cpu_flags", lambda: set(flags.split()))
+    monkeypatch.setattr(cpu_module, "cpu_flags", lambda: set(flags.split()))
     monkeypatch.setattr(cpu_module.platform, "machine", lambda: machine)
     return detect_cpu_support(env or {})
 

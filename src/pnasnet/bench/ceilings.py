@@ -12,25 +12,18 @@ from pathlib import Path
 
 
 def cpu_info() -> dict:
+    from ..inference.cpu import cpu_flags, cpu_support
+
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
     try:
-        text = Path("/proc/cpuinfo").read_text(errors="replace")
-        for line in text.splitlines():
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
             if line.startswith("model name"):
                 info["model"] = line.split(":", 1)[1].strip()
                 break
-        flags = set()
-        for line in text.splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-        info["isa"] = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma", "avx_vnni"))
     except OSError:
         pass
-    from ..inference.cpu import cpu_support
-
-    support = cpu_support()  # the class the back ends acted on (after any override)
-    info["cpu_class"], info["cpu_support"] = support.cpu_class, support.describe()
+    info["isa"] = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx2", "fma", "avx_vnni"))
+    info["cpu_support"] = cpu_support().as_dict()  # the class the back ends acted on (after any override)
     return info
 
 

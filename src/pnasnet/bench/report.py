@@ -43,6 +43,8 @@ def to_markdown(results: dict) -> str:
     m = results["machine"]
     lines.append(f"# PNASNet inference benchmark: {results['model']} at {results['image_size']} px\n")
     lines.append(f"- Machine: {m.get('model', '?')}, {m.get('cpus')} CPUs, ISA {', '.join(m.get('isa', []))}")
+    if m.get("cpu_support"):
+        lines.append(f"- CPU class as the back ends saw it: {m['cpu_support']['description']}")
     lines.append("- Software: " + ", ".join(f"{k} {v}" for k, v in results.get("software", {}).items()))
     start = results.get("load_at_start", {})
     lines.append(f"- Machine load: {start.get('busy_before_start', '?')} busy before the start "

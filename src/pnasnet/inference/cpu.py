@@ -145,7 +145,7 @@ class CpuSupport:
 
 
 # --------------------------------------------------------------------------------------- detection
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
     """The CPU's feature flags as Linux names them (x86 ``flags``, Arm ``Features``)."""
     if sys.platform == "darwin":
         return _darwin_flags()
@@ -203,7 +203,7 @@ def detect_cpu_support(environ: dict | None = None) -> CpuSupport:
     """Read the CPU and the torch build now, applying the overrides in ``environ`` (default
     ``os.environ``). Raises ValueError for an override value that names no CPU class."""
     env = os.environ if environ is None else environ
-    flags = _cpu_flags()
+    flags = cpu_flags()
     arch = platform.machine().lower() or "unknown"
     support = CpuSupport(
         arch=arch,
