@@ -16,7 +16,8 @@ import torch
 
 import pnasnet
 from pnasnet.inference import export as export_module
-from pnasnet.inference.export import FLOAT32_TOLERANCE, ExportVerificationError, export, export_unavailable
+from pnasnet.inference.export import (FLOAT32_TOLERANCE, ExportVerificationError, default_suffix, export,
+                                      export_unavailable)
 
 from train_images import TEXTURES, make_texture_folder
 
@@ -32,10 +33,8 @@ def needs(*packages):
 
 
 def photographs(size):
-    try:
-        from pnasnet.bench.photos import photographs as load
-    except ImportError:  # before the bench layer had its own package
-        from pnasnet.inference.bench import photographs as load
+    from pnasnet.bench.photos import photographs as load
+
     return load(size)[0]
 
 
@@ -106,10 +105,6 @@ def model_dir(tmp_path_factory):
     return out
 
 
-def _classify(run_output, index):
-    return torch.from_numpy(np.asarray(run_output[index]))
-
-
 AVAILABLE = [f for f in ("onnx", "torch-export", "openvino", "tflite") if export_unavailable(f) is None]
 
 
@@ -119,8 +114,7 @@ def directory_exports(model_dir, tmp_path_factory):
     model = pnasnet.create_model(str(model_dir))
     photos = photographs(64)
     folder = tmp_path_factory.mktemp("exports")
-    suffix = {"onnx": "onnx", "torch-export": "pt2", "openvino": "xml", "tflite": "tflite"}
-    reports = {f: report_line(export(model, f, folder / f"model.{suffix[f]}", verify_images=photos,
+    reports = {f: report_line(export(model, f, folder / f"model{default_suffix(f)}", verify_images=photos,
                                      verified_on="photographs")) for f in AVAILABLE}
     return model, photos, reports
 
