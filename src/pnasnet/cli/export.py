@@ -62,13 +62,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..api import create_model
-    from ..inference.export import export, export_unavailable
+    from ..inference.export import export, require_export
     from .options import choose_weights, download_advice
 
-    precision = "int8" if args.calibration else "float32"
-    reason = export_unavailable(args.format, precision)  # before any weights are loaded
-    if reason:
-        raise (ValueError if reason.startswith("unknown") or "available for" in reason else ImportError)(reason)
+    require_export(args.format, "int8" if args.calibration else "float32")  # before any weights are loaded
     choice = choose_weights(args.model, args.weights, seed=args.seed)
     if choice.random:
         torch.manual_seed(args.seed)

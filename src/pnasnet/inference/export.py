@@ -53,7 +53,7 @@ from .onnx_export import (DEFAULT_OPSET, MAX_DYNAMIC_SIZE, ExportWrapper, dynami
                           export_onnx, graph_same_padding, output_names)
 
 __all__ = ["FORMATS", "FLOAT32_TOLERANCE", "ExportReport", "ExportVerificationError", "export", "export_metadata",
-           "export_unavailable", "default_suffix", "tflite_metadata"]
+           "export_unavailable", "require_export", "default_suffix", "tflite_metadata"]
 
 FORMATS = ("onnx", "torch-export", "openvino", "tflite")
 FLOAT32_TOLERANCE = 1e-4
@@ -93,6 +93,14 @@ def export_unavailable(format: str, precision: str = "float32") -> str | None:
     if missing:
         return f"--format {format} needs {', '.join(missing)}: pip install \"pnasnet[{extra}]\""
     return None
+
+
+def require_export(format: str, precision: str = "float32") -> None:
+    """Raise unless ``format`` (at ``precision``) can be written and checked here: ValueError for an
+    unknown format or precision (or int8 other than openvino), ImportError naming the extra to install."""
+    reason = export_unavailable(format, precision)
+    if reason:
+        raise (ValueError if reason.startswith("unknown") or "available for" in reason else ImportError)(reason)
 
 
 @dataclass
@@ -398,11 +406,7 @@ def export(model: PNASNet, format: str, out: str | os.PathLike, *, image_size: i
     if not isinstance(model, PNASNet):
         raise TypeError(f"expected a PNASNet (pnasnet.create_model), got {type(model).__name__}")
     precision = "int8" if calibration is not None else "float32"
-    reason = export_unavailable(format, precision)
-    if reason:
-        if reason.startswith("unknown") or "available for" in reason:
-            raise ValueError(reason)
-        raise ImportError(reason)
+    require_export(format, precision)
     preprocessing = getattr(model, "preprocessing", None) or {}
     size = int(image_size or preprocessing.get("image_size") or model.expected_image_size[0])
     if size < model.min_image_size:
