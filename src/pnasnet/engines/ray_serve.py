@@ -44,9 +44,9 @@ from typing import Any, Callable
 
 from ..serve.gateway import Gateway
 from ..serve.metrics import METRIC_ENDPOINTS, RequestMetricsMiddleware, ServerMetrics
-from ..serve.predictor import PredictRequest, PredictResult, Predictor
+from ..serve.predictor import PredictRequest, PredictResult
 from ..serve.protocols import all_routes
-from ..serve.settings import ServeSettings, load_model, prepare_served_model
+from ..serve.settings import ServeSettings, load_model, prepare_served_model, served_predictor
 from ..serve.shutdown import signals_start_shutdown
 from .ray_data import PoolSize, RayUnresponsive, ray_session
 
@@ -93,13 +93,7 @@ class _Replica:
         model = ray.get(model_box[0])  # the driver's model, from the object store
         model = prepare_served_model(model.to(device), settings)
         self.settings = settings
-        self.predictor = Predictor(model, image_size=settings.image_size, transform=settings.transform,
-                                   max_pixels=settings.max_pixels, max_images_per_call=settings.max_batch_size,
-                                   decode_threads=settings.decode_threads,
-                                   description={"model": settings.model, "weights": settings.describe_weights(),
-                                                "backend": getattr(model, "backend", "plain"),
-                                                "precision": getattr(model, "precision", "float32"),
-                                                "engine": "ray", "replica_pid": os.getpid()})
+        self.predictor = served_predictor(model, settings, engine="ray", replica_pid=os.getpid())
         self.metrics = ServerMetrics()
         from prometheus_client import Gauge
 

@@ -34,7 +34,7 @@ from .http_inputs import RequestRefused
 from .metrics import METRIC_ENDPOINTS, RequestMetricsMiddleware, ServerMetrics
 from .predictor import PredictRequest, PredictResult, Predictor
 from .protocols import all_routes
-from .settings import ServeSettings, load_model, prepare_served_model
+from .settings import ServeSettings, load_model, prepare_served_model, served_predictor
 from .shutdown import signals_start_shutdown, worker_waits_for_http_drain
 
 logger = logging.getLogger("pnasnet.serve")
@@ -125,14 +125,7 @@ class PnasnetLitAPI(ls.LitAPI):
             torch.set_num_threads(self.settings.threads)
         started = time.perf_counter()
         model = prepare_served_model(load_model(self.settings).to(device), self.settings)
-        self.predictor = Predictor(model, image_size=self.settings.image_size, transform=self.settings.transform,
-                                   max_pixels=self.settings.max_pixels,
-                                   max_images_per_call=self.settings.max_batch_size,
-                                   decode_threads=self.settings.decode_threads,
-                                   description={"model": self.settings.model,
-                                                "weights": self.settings.describe_weights(),
-                                                "backend": getattr(model, "backend", "plain"),
-                                                "precision": getattr(model, "precision", "float32")})
+        self.predictor = served_predictor(model, self.settings)
         info = self.predictor.info()
         print(f"pnasnet: worker {os.getpid()} loaded {self.settings.model} ({info['weights']}) on {device} in "
               f"{time.perf_counter() - started:.1f} s: {info['image_size']} px, {info['num_classes']} classes, "

@@ -136,3 +136,17 @@ def prepare_served_model(model, settings: ServeSettings):
                                               transform=settings.transform)
     return for_inference(model, settings.backend, settings.precision, image_size=size, in_place=True,
                          calibration=calibration)
+
+
+def served_predictor(model, settings: ServeSettings, **description):
+    """The :class:`~pnasnet.serve.predictor.Predictor` a worker or replica runs: ``model`` (from
+    :func:`prepare_served_model`) within the settings' limits; ``/v1/model`` describes it by the
+    settings, its back end and precision, and ``description`` (the engine's own facts)."""
+    from .predictor import Predictor
+
+    return Predictor(model, image_size=settings.image_size, transform=settings.transform,
+                     max_pixels=settings.max_pixels, max_images_per_call=settings.max_batch_size,
+                     decode_threads=settings.decode_threads,
+                     description={"model": settings.model, "weights": settings.describe_weights(),
+                                  "backend": getattr(model, "backend", "plain"),
+                                  "precision": getattr(model, "precision", "float32"), **description})
