@@ -48,9 +48,8 @@ import torch
 
 from ..atomic_files import fsync_dir
 from ..model.network import PNASNet
-from .fold import fold_batch_norms
-from .onnx_export import (DEFAULT_OPSET, MAX_DYNAMIC_SIZE, ExportWrapper, dynamic_min_size, dynamic_shapes,
-                          export_onnx, graph_same_padding, output_names)
+from .onnx_export import (DEFAULT_OPSET, MAX_DYNAMIC_SIZE, dynamic_min_size, dynamic_shapes, export_module,
+                          export_onnx, output_names)
 
 __all__ = ["FORMATS", "FLOAT32_TOLERANCE", "ExportReport", "ExportVerificationError", "export", "export_metadata",
            "export_unavailable", "require_export", "default_suffix", "tflite_metadata"]
@@ -182,15 +181,6 @@ def export_metadata(model: PNASNet, image_size: int | None, *, precision: str = 
 
 
 # ----------------------------------------------------------------------------------- writers
-def _graph_module(model: PNASNet, dynamic_size: bool) -> ExportWrapper:
-    """The folded copy of ``model`` as ``images -> (features[, logits])``, input checks off."""
-    inference = fold_batch_norms(model, channels_last=False)
-    if dynamic_size:
-        graph_same_padding(inference)
-    inference.check_input_range = False
-    return ExportWrapper(inference).eval()
-
-
 def _write_onnx(model, out: Path, size: int, dynamic_size: bool, opset: int, meta: dict) -> list[Path]:
     import onnx
 
@@ -214,7 +204,7 @@ def _run_onnx(out: Path):
 
 
 def _torch_program(model, size: int, dynamic_size: bool):
-    wrapper = _graph_module(model, dynamic_size)
+    wrapper = export_module(model, dynamic_size)
     if dynamic_size:
         size = max(size, dynamic_min_size(model))
     with warnings.catch_warnings(), torch.no_grad():
@@ -271,7 +261,7 @@ def _run_openvino(out: Path):
 def _write_tflite(model, out: Path, size: int, meta: dict) -> list[Path]:
     import litert_torch
 
-    wrapper = _graph_module(model, False)
+    wrapper = export_module(model, False)
     # batch 1: litert-torch 0.10 fails on a dynamic batch dimension (JAX lowering of [-1, ...] shapes)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")

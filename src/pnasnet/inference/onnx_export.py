@@ -134,6 +134,17 @@ def _require(module: str, extra: str = "onnx"):
         raise ImportError(f"the ONNX export needs the {module!r} package: pip install \"pnasnet[{extra}]\"") from error
 
 
+def export_module(model: PNASNet, dynamic_size: bool = False) -> ExportWrapper:
+    """The folded copy of ``model`` as ``images -> (features[, logits])`` with its input checks off,
+    ready to be traced (``torch.onnx.export``, ``torch.export``); with ``dynamic_size`` its TF SAME
+    pads are computed from the input's shape (:func:`graph_same_padding`)."""
+    inference = fold_batch_norms(model, channels_last=False)
+    if dynamic_size:
+        graph_same_padding(inference)
+    inference.check_input_range = False
+    return ExportWrapper(inference).eval()
+
+
 def export_onnx(model: PNASNet, path: str | os.PathLike, *, image_size: int | None = None,
                 opset: int = DEFAULT_OPSET, fold: bool = True, dynamic_size: bool = False) -> Path:
     """Write ``model`` as an ONNX file (weights inside it) for ``image_size`` x ``image_size`` images
@@ -145,15 +156,16 @@ def export_onnx(model: PNASNet, path: str | os.PathLike, *, image_size: int | No
     size = int(image_size or model.expected_image_size[0])
     if size < model.min_image_size:
         raise ValueError(f"image size {size} is below the {model.config.name} minimum of {model.min_image_size}")
-    inference = fold_batch_norms(model, channels_last=False) if fold else model
     if dynamic_size:
         if not fold:
             raise ValueError("a dynamic-size export changes the padding modules: it needs fold=True (a copy)")
-        graph_same_padding(inference)
         size = max(size, dynamic_min_size(model))
-    saved_check = inference.check_input_range
-    inference.check_input_range = False
-    wrapper = ExportWrapper(inference).eval()
+    if fold:
+        wrapper, inference, saved_check = export_module(model, dynamic_size), None, None
+    else:  # the model itself: its input check is switched off for the trace and back on after
+        inference, saved_check = model, model.check_input_range
+        model.check_input_range = False
+        wrapper = ExportWrapper(model).eval()
     example = torch.rand(2, 3, size, size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +178,8 @@ def export_onnx(model: PNASNet, path: str | os.PathLike, *, image_size: int | No
                 external_data=False, verbose=False)
         program.save(str(path), external_data=False)
     finally:
-        inference.check_input_range = saved_check
+        if inference is not None:
+            inference.check_input_range = saved_check
     return path
 
 
