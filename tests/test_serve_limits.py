@@ -24,6 +24,7 @@ from serve_server import ServerProcess, metric_value, session_members  # noqa: E
 
 MAX_QUEUE = 3
 TIMEOUT_S = 3.0
+MAX_FILES = 2000
 JPEG = {"Content-Type": "image/jpeg"}
 
 
@@ -37,7 +38,7 @@ def server(request, tmp_path_factory):
     log = tmp_path_factory.mktemp(f"serve_limits_{request.param}") / "server.log"
     # --backend plain: the slower form of the model, so that requests pile up (the premise here)
     args = ["--model", "pnasnet5_mobile", "--weights", "none", "--backend", "plain", "--max-batch-size", 2,
-            "--max-wait-ms", 10, "--threads", 1, "--max-queue", MAX_QUEUE, "--timeout", TIMEOUT_S, "--max-files", 96,
+            "--max-wait-ms", 10, "--threads", 1, "--max-queue", MAX_QUEUE, "--timeout", TIMEOUT_S, "--max-files", MAX_FILES,
             "--log-level", "warning", *ENGINES[request.param]]
     with ServerProcess(args, log, start_timeout=120) as process:
         yield process
@@ -72,14 +73,22 @@ def test_a_burst_beyond_the_queue_gets_503_and_accepted_requests_complete(server
 
 
 def test_a_request_past_the_timeout_gets_504_and_stops_computing(server, image):
-    files = [("file", (f"{i}.jpg", image, "image/jpeg")) for i in range(96)]  # ~7 s of model time
+    # Enough images for four times the timeout on this CPU (measured now, not assumed: a CPU twice as
+    # fast as the one this was written on would finish a fixed 96 within the timeout).
+    probe = [("file", (f"{i}.jpg", image, "image/jpeg")) for i in range(8)]
+    start = time.monotonic()
+    assert httpx.post(server.url + "/v1/features", files=probe, timeout=60).status_code == 200
+    per_image = (time.monotonic() - start) / len(probe)
+    count = min(MAX_FILES, max(16, int(4 * TIMEOUT_S / per_image)))
+    assert count * per_image > 2 * TIMEOUT_S, f"{per_image:.4f} s an image: {MAX_FILES} files cannot outlast the timeout"
+    files = [("file", (f"{i}.jpg", image, "image/jpeg")) for i in range(count)]
     start = time.monotonic()
     response = httpx.post(server.url + "/v1/features", files=files, timeout=60)
     assert response.status_code == 504, response.text[:300]
     assert "--timeout" in response.json()["detail"]
     assert time.monotonic() - start < TIMEOUT_S + 2
     # The worker gave up on it too (it checks the deadline between model calls): the next request
-    # is answered at once, not after the rest of those 96 images.
+    # is answered at once, not after the rest of those images.
     start = time.monotonic()
     assert httpx.post(server.url + "/v1/classify", content=image, headers=JPEG, timeout=60).status_code == 200
     assert time.monotonic() - start < 2.0

@@ -15,7 +15,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "fsync_dir", "write_bytes_atomically"]
+__all__ = ["atomic_path", "fsync_dir", "fsync_file", "write_bytes_atomically"]
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
@@ -29,7 +29,8 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data to disk (before a rename makes it visible under its final name)."""
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
 
@@ -43,7 +44,7 @@ def atomic_path(target: str | os.PathLike, *, hidden: bool = False) -> Iterator[
     tmp = target.with_name(f".{target.name}.{tag}.tmp" if hidden else f"{target.name}.{tag}.tmp")
     try:
         yield tmp
-        _fsync_file(tmp)
+        fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 LARGE_GFLOP_331 = 49.9  # the issue's figure; the benchmark also counts it from the model
 
 
-OURS = ["pnasnet-plain", "pnasnet-eager", "pnasnet-compile", "pnasnet-onnxruntime", "pnasnet-openvino",
+OURS = ["pnasnet-plain", "pnasnet-auto", "pnasnet-eager", "pnasnet-compile", "pnasnet-onnxruntime", "pnasnet-openvino",
         "pnasnet-eager-bf16", "pnasnet-openvino-bf16"]
 
 
@@ -36,6 +36,7 @@ BF16 = {"pnasnet-eager-bf16", "pnasnet-openvino-bf16", "pnasnet-compile-bf16", "
 DESCRIPTIONS = {
     "pnasnet-plain": "pnasnet, plain model (NCHW, BN, training-ready forward)",
     "pnasnet-folded": "pnasnet, BN folded + channels-last, plain forward",
+    "pnasnet-auto": "pnasnet for_inference(backend='auto'): what the commands run by default (float32, exact)",
     "pnasnet-eager": "pnasnet optimize(): eager float32 (exact)",
     "pnasnet-compile": "pnasnet optimize(backend='compile') float32",
     "pnasnet-onnxruntime": "pnasnet ONNX export in ONNX Runtime",
@@ -125,6 +126,14 @@ def build_contender(name: str, spec: dict):
         # What `pnasnet classify/features` do: convert the model in place, and keep freed memory
         # once the first batch is done (here: after the warm-up call, see worker_main).
         info["keep_freed_memory_after_warmup"] = spec.get("keep_freed_memory", True)
+        if name == "pnasnet-auto":
+            from pnasnet.inference import backend_of, for_inference
+
+            fast = for_inference(model, "auto", image_size=spec["size"], threads=threads, in_place=True)
+            info["auto"] = f"{backend_of(fast)} ({fast.chosen_by})"
+            fast.check_input_range = False
+            del model
+            return _torch_runner(fast.classify), info
         backend = {"eager": "eager", "compile": "compile", "onnxruntime": "onnxruntime",
                    "openvino": "openvino"}[name.split("-")[1]]
         precision = "bfloat16" if name.endswith("bf16") else "int8" if name.endswith("int8") else "float32"

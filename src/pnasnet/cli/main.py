@@ -43,6 +43,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if model.num_classes:
         top = out.softmax(-1).max(-1)
         info["ran"]["top1_class"] = top.indices.tolist()
+    from ..inference import auto_choice, cpu_support
+
+    backend, why = auto_choice(model, "float32", size)
+    # what classify / features / serve run by default on this machine and install, and why
+    info["default_backend"] = {"backend": backend, "why": why, "cpu": cpu_support().describe()}
     print(json.dumps(info, indent=2))
     return 0
 

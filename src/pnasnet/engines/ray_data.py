@@ -400,7 +400,9 @@ def extract_features_ray(model, paths: Sequence[str], out: str | os.PathLike, *,
     size = model_image_size(model, image_size)
     info = RunInfo(model=model_name or model.config.name, weights=weights or "not recorded",
                    parameters_sha256=parameters_sha256(model), transform=transform, image_size=size,
-                   num_features=model.num_features, pnasnet_version=__version__, precision=precision)
+                   num_features=model.num_features, pnasnet_version=__version__, precision=precision,
+                   # each actor runs for_inference itself; with auto, on its own machine's choice
+                   backend=f"{backend} {precision}" + (" (chosen by each actor)" if backend == "auto" else ""))
     output = ParquetFolderOutput(out)
     output.open_for_run(info, overwrite=overwrite)
     try:

@@ -5,7 +5,8 @@
 
     model = pnasnet.create_model("pnasnet5_large", weights="tf-slim")
     fast = optimize(model)                                   # eager, float32: exact, ~2x plain
-    runnable = for_inference(model, backend="auto")          # what the commands run (plain on a GPU)
+    runnable = for_inference(model, "auto", image_size=331)  # what the commands run: OpenVINO float32 if
+                                                             # installed (x86), else eager; plain on a GPU
     fast = optimize(model, precision="bfloat16")             # reduced precision, explicit
     fast = optimize(model, backend="openvino", image_size=331)
     fast = optimize(model, "openvino", "int8", image_size=331, calibration=images)  # explicit
@@ -21,8 +22,9 @@ model; nothing here imports tasks, bench or anything above.
 """
 
 from .backends import (BACKEND_CHOICES, BACKENDS, PRECISIONS, InferenceModel, PrecisionUnavailableError,
-                       auto_backend, available_backends, backend_unavailable, check_backend_choice, cpu_has_bf16,
-                       for_inference, keep_freed_memory, optimize, precision_unavailable)
+                       auto_backend, auto_choice, available_backends, backend_of, backend_unavailable,
+                       check_backend_choice, cpu_has_bf16, for_inference, keep_freed_memory, optimize,
+                       precision_unavailable)
 from .cpu import CpuSupport, cpu_support
 from .fold import fold_batch_norms, fold_conv_bn, to_channels_last
 
@@ -35,6 +37,6 @@ def export_onnx(*args, **kwargs):
 
 
 __all__ = ["BACKEND_CHOICES", "BACKENDS", "PRECISIONS", "CpuSupport", "InferenceModel", "PrecisionUnavailableError",
-           "auto_backend", "available_backends", "backend_unavailable", "check_backend_choice", "cpu_has_bf16",
+           "auto_backend", "auto_choice", "available_backends", "backend_of", "backend_unavailable", "check_backend_choice", "cpu_has_bf16",
            "cpu_support", "export_onnx", "fold_batch_norms", "fold_conv_bn", "for_inference", "keep_freed_memory",
            "optimize", "precision_unavailable", "to_channels_last"]

@@ -29,8 +29,10 @@ they are built (``image_size=``, default the model's own).
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -52,6 +54,7 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 _SUPPORTED = {"eager": ("float32", "bfloat16"), "compile": ("float32", "bfloat16"), "onnxruntime": ("float32",),
               "openvino": ("float32", "bfloat16", "int8")}
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
+log = logging.getLogger(__name__)
 _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
 
 
@@ -136,6 +139,7 @@ class InferenceModel(nn.Module):
 
     backend: str = ""
     precision: str = "float32"
+    chosen_by: str = ""  # "auto: why" when backend="auto" chose this back end
 
     def __init__(self, model: PNASNet, image_size: int | None):
         super().__init__()
@@ -327,7 +331,8 @@ class OpenVINOModel(_GraphModel):
 
     def __init__(self, model: PNASNet, image_size: int | None = None, precision: str = "float32",
                  threads: int | None = None, onnx_path: str | os.PathLike | None = None,
-                 hint: str = "LATENCY", calibration: torch.Tensor | None = None):
+                 hint: str = "LATENCY", calibration: torch.Tensor | None = None,
+                 graph_path: str | os.PathLike | None = None):
         import openvino as ov
 
         super().__init__(model, image_size)
@@ -336,7 +341,9 @@ class OpenVINOModel(_GraphModel):
             from .int8 import check_calibration
 
             calibration = check_calibration(calibration, self.image_size)
-        path, temporary = _export(model, self.image_size, onnx_path)
+        # graph_path: an already converted graph of this model at this size (the auto cache)
+        path, temporary = (Path(graph_path), False) if graph_path is not None else \
+            _export(model, self.image_size, onnx_path)
         try:
             core = ov.Core()
             graph = core.read_model(str(path))
@@ -356,10 +363,12 @@ class OpenVINOModel(_GraphModel):
                 Path(path).unlink(missing_ok=True)
         self.request = self.compiled.create_infer_request()
         self._outputs = list(self.compiled.outputs)
+        self._lock = threading.Lock()  # one infer request: callers from several threads take turns
 
     def _infer(self, array):
-        results = self.request.infer({0: array})
-        return [results[o] for o in self._outputs]
+        with self._lock:
+            results = self.request.infer({0: array})
+            return [results[o] for o in self._outputs]  # copies (share_outputs=False)
 
 
 # --------------------------------------------------------------------------------------- the option
@@ -410,15 +419,92 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
     return OpenVINOModel(model, image_size, precision, threads, onnx_path, calibration=calibration)
 
 
-def auto_backend(model: nn.Module) -> str:
-    """The default back end of the batch commands and the server: ``eager`` (the exact inference
-    form, about twice the plain model's speed, no extra package) on a CPU whose torch build has the
-    fused oneDNN operators; ``plain`` elsewhere (builds without them, e.g. macOS and some ARM
-    builds, and other devices, where the inference form has not been measured). (``openvino`` is a
-    little faster still at batch 1 but needs its package and a fixed image size, so it is chosen
-    explicitly.)"""
+AUTO_OPENVINO_ENV = "PNASNET_AUTO_OPENVINO"
+
+
+def auto_openvino_allowed() -> bool:
+    """False when ``PNASNET_AUTO_OPENVINO`` is off/0/false/no: auto then never picks OpenVINO (no
+    conversion on the first run, no graph cache), and runs the eager form as without OpenVINO."""
+    return os.environ.get(AUTO_OPENVINO_ENV, "on").strip().lower() not in ("0", "off", "false", "no")
+
+
+def auto_choice(model: nn.Module, precision: str = "float32", image_size: int | None = None) -> tuple[str, str]:
+    """``(backend, why)``: what ``backend="auto"`` runs for ``model`` on this machine and install.
+
+    - float32 on an x86 CPU with OpenVINO installed (``pnasnet[openvino]``), at a fixed image size
+      (``image_size`` given, as every command gives it): ``openvino``. Its float32 form of our export
+      was the fastest exact path at batch 1 and 8 on each x86 CPU class measured (Xeon with AVX-512,
+      Zen 3 with AVX2, Zen 5 with AVX-512; ``benchmarks/RESULTS.md``). The converted graph is cached
+      on disk (:mod:`.graph_cache`), so only the first run per weights pays its export.
+      ``PNASNET_AUTO_OPENVINO=off`` turns this choice off.
+    - otherwise ``eager`` on a CPU whose torch build has the fused oneDNN operators (any image size,
+      no extra package), and ``plain`` elsewhere (builds without them, e.g. macOS and some Arm
+      builds, and other devices, where the inference form has not been measured).
+    - bfloat16 runs ``eager``, int8 ``openvino`` (asking for one is the explicit choice of its path).
+    """
+    if precision in _AUTO_REDUCED:
+        return _AUTO_REDUCED[precision], f"{precision} runs on {_AUTO_REDUCED[precision]}"
     device = next(model.parameters()).device
-    return "eager" if device.type == "cpu" and cpu_support().fused_ops else "plain"
+    if device.type != "cpu":
+        return "plain", f"the model is on {device.type}"
+    support = cpu_support()
+    openvino_fits = support.is_x86 and image_size is not None
+    if openvino_fits and not auto_openvino_allowed():
+        why = f"{AUTO_OPENVINO_ENV} is off"
+    elif openvino_fits and backend_unavailable("openvino") is None:
+        return "openvino", "OpenVINO is installed: the fastest exact path measured on x86 CPUs"
+    elif openvino_fits:
+        why = "OpenVINO is not installed (pip install \"pnasnet[openvino]\" for the faster path)"
+    else:
+        why = "the exact inference form"
+    if support.fused_ops:
+        return "eager", why
+    return "plain", "this torch build has no fused oneDNN operators"
+
+
+def auto_backend(model: nn.Module, precision: str = "float32", image_size: int | None = None) -> str:
+    """The back end ``backend="auto"`` runs (see :func:`auto_choice`, which also says why)."""
+    return auto_choice(model, precision, image_size)[0]
+
+
+def release_weights(model: nn.Module) -> None:
+    """Drop ``model``'s parameter and buffer storage (its structure and attributes stay): once a
+    graph runtime holds its own copy of the weights, the PyTorch copy would only double the memory."""
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + list(model.buffers()):
+            tensor.data = torch.empty(0, dtype=tensor.dtype)
+
+
+def _auto_openvino(model: PNASNet, image_size: int, threads: int | None, in_place: bool,
+                   why: str) -> InferenceModel | None:
+    """The float32 OpenVINO model from the graph cache, or None (with a warning) if OpenVINO could
+    not take it: ``auto`` then runs the eager form."""
+    import shutil
+
+    from .graph_cache import openvino_graph
+
+    try:
+        path, temporary = openvino_graph(model, int(image_size))
+        try:
+            runnable = OpenVINOModel(model, int(image_size), threads=threads, graph_path=path)
+        finally:
+            if temporary is not None:
+                shutil.rmtree(temporary, ignore_errors=True)
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional runtime: fall back, say why
+        warnings.warn(f"backend auto: OpenVINO could not run {model.config.name} ({type(exc).__name__}: {exc}); "
+                      "running the eager form instead", RuntimeWarning, stacklevel=3)
+        return None
+    runnable.chosen_by = f"auto: {why}"
+    if in_place:
+        release_weights(model)
+    return runnable
+
+
+def backend_of(model: nn.Module) -> str:
+    """What runs ``model``, as outputs record it: "openvino float32", "eager bfloat16", "plain float32"."""
+    if isinstance(model, InferenceModel):
+        return f"{model.backend} {model.precision}"
+    return "plain float32"
 
 
 def check_backend_choice(backend: str, precision: str = "float32", device: torch.device | str | None = None) -> None:
@@ -453,21 +539,37 @@ def for_inference(model: nn.Module, backend: str = "auto", precision: str = "flo
                   image_size: int | None = None, threads: int | None = None,
                   in_place: bool = False, calibration: torch.Tensor | None = None) -> nn.Module:
     """``model`` ready to run inference on ``backend`` (one of :data:`BACKEND_CHOICES`): the model
-    itself for "plain" (and for an already optimized model), else :func:`optimize`. This is what
-    ``classify_paths``, ``extract_features`` and ``pnasnet serve`` call with their ``backend`` option.
+    itself for "plain" (and for an already optimized model), else :func:`optimize`; "auto" runs what
+    :func:`auto_choice` picks (OpenVINO float32 needs ``image_size``; if OpenVINO fails to take the
+    model, auto warns and runs the eager form) and records why in the result's ``chosen_by``. This
+    is what ``classify_paths``, ``extract_features`` and ``pnasnet serve`` call with their
+    ``backend`` option. ``in_place``: convert ``model`` itself (eager) or drop its weights once a
+    graph runtime holds them (OpenVINO, ONNX Runtime via auto): ``model`` is then unusable alone.
     """
     if isinstance(model, InferenceModel):
         return model
     check_backend_choice(backend, precision, device=next(model.parameters()).device)
+    why = None
     if backend == "auto":
-        backend = _AUTO_REDUCED.get(precision) or auto_backend(model)
+        backend, why = auto_choice(model, precision, image_size)
+        log.info("backend auto: %s %s (%s)", backend, precision, why)
     if backend == "plain":
         return model
     was_training = model.training
     model.eval()  # the inference form takes the running statistics, as eval mode does
     try:
-        return optimize(model, backend, precision, image_size=image_size, threads=threads, in_place=in_place,
-                        calibration=calibration)
+        if why is not None and backend == "openvino" and precision == "float32":
+            runnable = _auto_openvino(model, image_size, threads, in_place, why)
+            if runnable is not None:
+                return runnable
+            backend, why = ("eager", "OpenVINO failed") if cpu_support().fused_ops else ("plain", "OpenVINO failed")
+            if backend == "plain":
+                return model
+        runnable = optimize(model, backend, precision, image_size=image_size, threads=threads, in_place=in_place,
+                            calibration=calibration)
+        if why is not None:
+            runnable.chosen_by = f"auto: {why}"
+        return runnable
     finally:
         if was_training and not in_place:
             model.train()

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic_files import fsync_dir
+from ..atomic_files import fsync_dir, fsync_file
 from ..model.network import PNASNet
 from .onnx_export import (DEFAULT_OPSET, MAX_DYNAMIC_SIZE, dynamic_min_size, dynamic_shapes, export_module,
                           export_onnx, output_names)
@@ -446,6 +446,7 @@ def export(model: PNASNet, format: str, out: str | os.PathLike, *, image_size: i
         del run
         final = []
         for f in files:
+            fsync_file(f)  # the data on disk before the name: a crash never leaves a torn model file
             os.replace(f, out.parent / f.name)
             final.append(out.parent / f.name)
         fsync_dir(out.parent)

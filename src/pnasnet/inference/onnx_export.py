@@ -18,6 +18,8 @@ since PyTorch 2.9), which needs the ``onnx`` and ``onnxscript`` packages (``pip 
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import types
 import warnings
@@ -145,6 +147,19 @@ def export_module(model: PNASNet, dynamic_size: bool = False) -> ExportWrapper:
     return ExportWrapper(inference).eval()
 
 
+@contextlib.contextmanager
+def _quiet_exporter_log():
+    """Silence the exporter's own log lines below ERROR (e.g. "torchvision is not installed. Skipping
+    torchvision::nms", four lines on every export without torchvision): they are not about PNASNet."""
+    logger = logging.getLogger("torch.onnx")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def export_onnx(model: PNASNet, path: str | os.PathLike, *, image_size: int | None = None,
                 opset: int = DEFAULT_OPSET, fold: bool = True, dynamic_size: bool = False) -> Path:
     """Write ``model`` as an ONNX file (weights inside it) for ``image_size`` x ``image_size`` images
@@ -170,7 +185,7 @@ def export_onnx(model: PNASNet, path: str | os.PathLike, *, image_size: int | No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_log():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 wrapper, (example,), None, input_names=["images"], output_names=output_names(model),

@@ -149,4 +149,8 @@ def served_predictor(model, settings: ServeSettings, **description):
                      decode_threads=settings.decode_threads,
                      description={"model": settings.model, "weights": settings.describe_weights(),
                                   "backend": getattr(model, "backend", "plain"),
-                                  "precision": getattr(model, "precision", "float32"), **description})
+                                  "precision": getattr(model, "precision", "float32"),
+                                  # "auto: why" when --backend auto chose it (pnasnet.inference.auto_choice)
+                                  "backend_chosen_by": getattr(model, "chosen_by", "")
+                                  or ("auto" if settings.backend == "auto" else "asked for"),
+                                  **description})

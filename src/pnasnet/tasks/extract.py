@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -130,7 +130,7 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
     :func:`~pnasnet.tasks.inference.prepare_model`); a run resumes only at the same precision.
     Other options as in :func:`~pnasnet.tasks.inference.run_model`.
     """
-    from ..inference import InferenceModel, check_backend_choice
+    from ..inference import InferenceModel, backend_of, check_backend_choice
 
     if isinstance(model, InferenceModel):
         raise TypeError("extract_features takes the model itself (pnasnet.create_model), not an optimized one: "
@@ -165,6 +165,8 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
 
         runnable = (prepare_model(model, backend, precision, image_size=size, in_place=in_place,
                                   calibration=calibration) if pending else model)
+        if pending:
+            info = replace(info, backend=backend_of(runnable))
         blocks = feature_blocks(runnable, pending, backend="plain", image_size=size, batch_size=batch_size, workers=workers,
                                 transform=transform, max_pixels=max_pixels, progress=progress,
                                 already_done=len(paths) - len(pending))

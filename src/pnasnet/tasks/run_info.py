@@ -8,29 +8,16 @@ holds for every weights format, for a moved or renamed file and for seeded rando
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import MISSING, asdict, dataclass, fields
 
-import torch
-from torch import nn
+from ..model.fingerprint import parameters_sha256
 
 __all__ = ["RunInfo", "OutputMismatchError", "parameters_sha256"]
 
 
 class OutputMismatchError(ValueError):
     """An existing output was made by another model, weights or preprocessing."""
-
-
-def parameters_sha256(model: nn.Module) -> str:
-    """SHA-256 over the state dict in name order: each name, dtype, shape and the raw bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # uint8 view: every dtype (bfloat16 included) has bytes, not every one has a numpy dtype
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -48,6 +35,10 @@ class RunInfo:
     # float32 back ends agree to ~1e-6, so which of them ran is not part of the identity. Outputs
     # written before this field existed were float32.
     precision: str = "float32"
+    # Which back end computed the vectors, e.g. "openvino float32" (a file output: the last run that
+    # added to it; a Parquet folder written on Ray: what the run that created it asked each actor
+    # for); not identity, for the reason above. "" where it was not recorded.
+    backend: str = ""
 
     IDENTITY = ("model", "parameters_sha256", "transform", "image_size", "num_features", "precision")
 
