@@ -1,10 +1,11 @@
 """The benchmark's '% of ceiling' compares each path with the machine's real limit for its precision."""
 
+import importlib.util
 from dataclasses import replace
 
 import pytest
 
-from pnasnet.bench.ceilings import measure_ceilings
+from pnasnet.bench.ceilings import measure_ceilings, openvino_int8_conv1x1
 from pnasnet.bench.report import summarize
 from pnasnet.inference.cpu import cpu_support, set_cpu_support
 
@@ -35,3 +36,31 @@ def test_no_int8_ceiling_where_int8_sums_are_16_bit(no_vnni):
     ceilings = measure_ceilings(1, seconds=0.01)
     assert "matmul_int8" not in ceilings
     assert ceilings["matmul_float32"] > 0 and ceilings["conv1x1_float32"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino not installed")
+@pytest.mark.cpu_dependent
+def test_int8_convolution_ceiling_on_every_cpu_class_names_its_kernel():
+    """OpenVINO's int8 1x1 convolution is measured on every CPU class, with the kernel it ran: the
+    VNNI/AMX one where int8 sums are 32-bit, an AVX2 one without (the README's second test run caps
+    oneDNN at AVX2, and OpenVINO's oneDNN obeys it)."""
+    import os
+    import time
+
+    def once(fn, ops):
+        start = time.perf_counter()
+        fn()
+        return ops / (time.perf_counter() - start) / 1e9
+
+    ceilings = openvino_int8_conv1x1(1, once)
+    assert ceilings["conv1x1_int8"] > 0
+    kernel = ceilings["conv1x1_int8_kernel"]
+    assert "I8" in kernel.upper(), kernel  # an int8 kernel ran, not a float32 fallback
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() == "AVX2":
+        assert "avx2" in kernel and "avx512" not in kernel, kernel
+    elif cpu_support().avx512:
+        assert "avx512" in kernel or "amx" in kernel, kernel
+    results = _results(dict(ceilings, conv1x1_float32=1.0))
+    summarize(results)  # the int8 path's fraction is against the int8 convolution ceiling
+    assert results["contenders"]["pnasnet-openvino-int8"]["batches"]["1"]["fraction_of_ceiling"] == \
+        round(100.0 / ceilings["conv1x1_int8"], 3)

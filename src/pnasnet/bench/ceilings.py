@@ -29,7 +29,8 @@ def cpu_info() -> dict:
 
 def measure_ceilings(threads: int, seconds: float = 1.5) -> dict:
     """Best GFLOP/s of large matrix products and of 1x1 convolutions (channels-last), float32 and
-    bfloat16, and int8 products where the CPU has 32-bit int8 sums, on ``threads`` threads."""
+    bfloat16; int8 1x1 convolutions in OpenVINO (every CPU class, where it is installed) and int8
+    matrix products where the CPU has 32-bit int8 sums; on ``threads`` threads."""
     import torch
     import torch.nn.functional as F
 
@@ -58,6 +59,9 @@ def measure_ceilings(threads: int, seconds: float = 1.5) -> dict:
                 w = torch.randn(cout, cin, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
                 rates.append(best(lambda: F.conv2d(x, w), 2 * batch * cin * cout * side * side))
             out[f"conv1x1_{label}"] = round(max(rates), 1)
+        # int8 1x1 convolutions in OpenVINO, the runtime of our int8 path, on every CPU class (its
+        # oneDNN picks the VNNI / AMX kernel, or AVX2's 16-bit pair sums), with the kernel's name.
+        out.update(openvino_int8_conv1x1(threads, best))
         # int8 x int8 -> int32 products, in GOP/s. Only where int8 sums are 32-bit (VNNI, AMX, Arm
         # dot product): elsewhere torch._int_mm falls back to a slow generic kernel, and its rate
         # (not a limit of the machine) made int8 paths look like 100x their ceiling.
@@ -70,6 +74,52 @@ def measure_ceilings(threads: int, seconds: float = 1.5) -> dict:
         except (RuntimeError, AttributeError):
             pass
     return out
+
+
+def _int8_conv_chain(batch: int, channels: int, side: int, depth: int):
+    """An OpenVINO model of ``depth`` int8 1x1 convolutions (``channels`` -> ``channels``) in a row:
+    u8 activations (FakeQuantize, which OpenVINO fuses into each convolution's output) times i8
+    weights, as NNCF's quantized graphs are. A chain, so that the float32 input's quantization is
+    paid once rather than per convolution."""
+    import numpy as np
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([batch, channels, side, side], np.float32, name="x")
+
+    def scalar(v):
+        return ops.constant(np.array(v, np.float32))
+
+    y = ops.fake_quantize(x, scalar(0.0), scalar(4.0), scalar(0.0), scalar(4.0), 256)
+    for _ in range(depth):
+        w = ops.constant(rng.integers(-127, 128, (channels, channels, 1, 1)).astype(np.int8))
+        scale = ops.constant(np.full((channels, 1, 1, 1), 1e-3, np.float32))
+        y = ops.convolution(y, ops.multiply(ops.convert(w, np.float32), scale), [1, 1], [0, 0], [0, 0], [1, 1])
+        y = ops.fake_quantize(y, scalar(0.0), scalar(4.0), scalar(0.0), scalar(4.0), 256)
+    return ov.Model([y], [x])
+
+
+def openvino_int8_conv1x1(threads: int, best) -> dict:
+    """``{"conv1x1_int8": GOP/s, "conv1x1_int8_kernel": name}`` of OpenVINO's int8 1x1 convolutions
+    on PNASNet-like shapes (best of several), or ``{}`` without OpenVINO. ``best(fn, ops)`` times."""
+    try:
+        import numpy as np
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    rates, kernels, depth = [], set(), 6
+    for batch, channels, side in ((8, 432, 42), (8, 864, 21), (1, 864, 21)):
+        compiled = core.compile_model(_int8_conv_chain(batch, channels, side, depth), "CPU",
+                                      {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads,
+                                       "INFERENCE_PRECISION_HINT": "f32", "PERF_COUNT": True})
+        request = compiled.create_infer_request()
+        x = np.random.default_rng(1).random((batch, channels, side, side), dtype=np.float32) * 4
+        request.infer({0: x})
+        kernels |= {p.exec_type for p in request.profiling_info if p.node_type == "Convolution"}
+        rates.append(best(lambda: request.infer({0: x}), depth * 2 * batch * channels * channels * side * side))
+    return {"conv1x1_int8": round(max(rates), 1), "conv1x1_int8_kernel": ", ".join(sorted(kernels))}
 
 
 def count_gflop(model_name: str, size: int) -> float:
