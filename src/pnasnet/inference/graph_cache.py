@@ -5,7 +5,7 @@ OpenVINO about 2 s. So the converted graph (OpenVINO IR, float32 weights: ``comp
 off, the default of ``save_model`` would round them) is kept under ``<cache>/openvino/<key>/``, where
 ``key`` is a SHA-256 of everything the graph depends on: the parameters' bytes
 (:func:`~pnasnet.model.fingerprint.parameters_sha256`), the architecture, the image size, and the
-versions of pnasnet, OpenVINO and this file's export revision. Other weights, sizes or versions get
+versions of pnasnet, PyTorch (its exporter), OpenVINO and this file's export revision. Other weights, sizes or versions get
 their own entry; the :data:`KEEP` most recently used entries are kept (about 350 MB each for Large).
 
 Entries appear whole or not at all (written to a hidden sibling, then one rename), and a file lock
@@ -48,8 +48,10 @@ def caching_enabled() -> bool:
 def graph_key(model: PNASNet, image_size: int) -> str:
     """The cache key of ``model``'s OpenVINO form at ``image_size`` (see the module docstring)."""
     import openvino
+    import torch
 
     identity = {"revision": EXPORT_REVISION, "pnasnet": __version__, "openvino": openvino.__version__,
+                "torch": torch.__version__,  # its exporter writes the graph
                 "config": repr(model.config), "num_classes": model.num_classes, "image_size": int(image_size),
                 "bounded_activation": bool(getattr(model, "bounded_activation", False)),
                 "parameters_sha256": parameters_sha256(model)}
