@@ -5,8 +5,8 @@ samples, randomly cropped, rescaled and re-encoded at camera-like sizes, seeded)
 ``--images`` files and once over a fifth of them. The steady-state rate is the difference,
 ``(N - N/5) / (t_N - t_N/5)``, so weights loading, the OpenVINO conversion or its cache lookup and
 process start-up (reported separately, as the small run's time) do not count. The model-only rate
-is the same back end in this process on random pixels at the command's batch size, median of
-several batches, measured right after. Nothing leaves the machine.
+is the same back end in a fresh process on random pixels at the command's batch size (malloc set
+as the command sets it), median of several batches, measured right after. Nothing leaves the machine.
 
     python benchmarks/features_e2e.py --weights large.safetensors --backends auto eager
 """
@@ -65,8 +65,9 @@ def model_only(args) -> tuple[float, str]:
     import torch
 
     import pnasnet
-    from pnasnet.inference import backend_of, for_inference
+    from pnasnet.inference import backend_of, for_inference, keep_freed_memory
 
+    keep_freed_memory()  # as the command does for its batch runs
     torch.set_num_threads(args.threads)
     model = pnasnet.create_model(args.model, weights=args.weights, progress=False).eval()
     size = model.expected_image_size[0]
@@ -82,6 +83,17 @@ def model_only(args) -> tuple[float, str]:
     return args.batch_size / statistics.median(times), backend_of(runnable)
 
 
+def model_only_in_a_fresh_process(args) -> tuple[float, str]:
+    command = [sys.executable, __file__, "--model-only-for", args.backend_now, "--model", args.model,
+               "--weights", args.weights, "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+               "--repeats", str(args.repeats)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"model-only run failed:\n{result.stderr[-2000:]}")
+    rate, ran = json.loads(result.stdout.strip().splitlines()[-1])
+    return rate, ran
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="pnasnet5_large")
@@ -92,7 +104,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", help="write the rows here too")
+    parser.add_argument("--model-only-for", help=argparse.SUPPRESS)  # the fresh process's part
     args = parser.parse_args()
+    if args.model_only_for:
+        args.backend_now = args.model_only_for
+        print(json.dumps(model_only(args)))
+        return
 
     from pnasnet.bench.ceilings import cpu_info
     from pnasnet.inference import cpu_support
@@ -108,7 +125,7 @@ def main() -> None:
             t_small = run_command(small, tmp / f"small-{backend}.npy", args)
             t_full = run_command(photos, tmp / f"full-{backend}.npy", args)
             e2e = (len(photos) - len(small)) / (t_full - t_small)
-            only, ran = model_only(args)
+            only, ran = model_only_in_a_fresh_process(args)
             rows.append({"backend": backend, "ran": ran, "end_to_end_img_s": round(e2e, 2),
                          "model_only_img_s": round(only, 2), "ratio": round(e2e / only, 3),
                          "fixed_cost_s": round(t_small - len(small) / e2e, 1),
