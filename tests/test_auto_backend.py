@@ -135,13 +135,19 @@ def test_auto_runs_openvino_exactly_and_caches_the_graph_by_value(home, images, 
 
 
 @needs_openvino
-def test_in_place_drops_the_torch_weights_once_openvino_holds_them(home, images):
+def test_in_place_drops_the_torch_weights_and_openvino_takes_torch_threads(home, images):
     if not cpu_support().is_x86:
         pytest.skip("auto picks OpenVINO on x86 CPUs only")
     model = fresh_model()
     with torch.inference_mode():
         want = model.classify(images)
-    runnable = for_inference(model, "auto", image_size=SIZE, in_place=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as --threads 1 sets it: OpenVINO takes the same count, not every core
+    try:
+        runnable = for_inference(model, "auto", image_size=SIZE, in_place=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert runnable.compiled.get_property("INFERENCE_NUM_THREADS") == 1
     assert sum(p.numel() for p in model.parameters()) == 0  # the weights are held once, by OpenVINO
     assert rel(runnable.classify(images), want) <= EXACT
 

@@ -215,3 +215,25 @@ def test_serve_and_train_build_the_bounded_form(tmp_path, one_model_thread):
     with torch.inference_mode():
         want = bounded.features(load_images([str(photo)], 48))[0].numpy()
     assert np.abs(second.vectors[str(photo)] - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_weights_convert_records_bounded_activation_for_a_tf_checkpoint(tmp_path, capsys):
+    """A TF checkpoint cannot say it was trained bounded (a graph option, not a variable): `weights
+    convert --bounded-activation` records it in the .safetensors, and every later load builds the
+    bounded network from that file: TF's own logits (the fixture's reference), not plain ReLU's."""
+    from pnasnet.cli import main
+
+    size = image_sizes(NAME)[0]
+    images = images_nchw(NAME, size)
+    want = torch.from_numpy(fixture_arrays(NAME)[f"eval_logits_{size}"])
+    bounded, plain = tmp_path / "bounded.safetensors", tmp_path / "plain.safetensors"
+    assert main(["weights", "convert", str(CKPT), "--out", str(bounded), "--bounded-activation"]) == 0
+    assert main(["weights", "convert", str(CKPT), "--out", str(plain)]) == 0
+    capsys.readouterr()
+    assert json.loads(read_metadata(bounded)["config"])["use_bounded_activation"] is True
+    assert json.loads(read_metadata(plain)["config"])["use_bounded_activation"] is False
+    loaded = pnasnet.create_model("auto", weights=bounded)
+    assert loaded.bounded_activation
+    with torch.inference_mode():
+        assert rel(loaded.classify(images), want) <= TOLERANCE
+        assert rel(pnasnet.create_model("auto", weights=plain).classify(images), want) > 0.05

@@ -62,7 +62,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_convert(args: argparse.Namespace) -> int:
     from ..tasks.convert import convert_weights
 
-    metadata = convert_weights(args.source, args.out, model=args.model, num_classes=args.num_classes)
+    metadata = convert_weights(args.source, args.out, model=args.model, num_classes=args.num_classes,
+                               bounded_activation=args.bounded_activation)
     print(f"wrote {args.out}")
     print(json.dumps(metadata, indent=2))
     return 0
@@ -116,6 +117,9 @@ def add_weights_commands(sub: argparse._SubParsersAction) -> None:
     convert.add_argument("--out", required=True, help="the .safetensors file to write")
     convert.add_argument("--model", help="variant (default: told from the weights)")
     convert.add_argument("--num-classes", type=int, help="e.g. 1000 to keep a 1000-class head")
+    from .options import add_bounded_activation_option
+
+    add_bounded_activation_option(convert)  # TF checkpoints cannot record it: say it, and the file will
     convert.set_defaults(func=_cmd_convert)
 
     inspect = verbs.add_parser("inspect", help="variables, shapes and which variants they fit")

@@ -355,8 +355,9 @@ class OpenVINOModel(_GraphModel):
             # int8: what NNCF left unquantized runs in float32, not in bfloat16 where the CPU has it
             config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bfloat16" else "f32",
                       "PERFORMANCE_HINT": hint}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = int(threads)
+            # PyTorch's thread count by default, as ONNX Runtime's: what --threads and the server's
+            # per-worker setting set (OpenVINO alone would take every core)
+            config["INFERENCE_NUM_THREADS"] = int(threads or torch.get_num_threads())
             self.compiled = core.compile_model(graph, "CPU", config)
         finally:
             if temporary:

@@ -33,11 +33,16 @@ def source_sha256(path: Path) -> str:
 
 
 def convert_weights(weights: str | os.PathLike, out: str | os.PathLike, *, model: str | None = None,
-                    num_classes: int | None = None, config: PNASNetConfig | None = None) -> dict[str, str]:
+                    num_classes: int | None = None, config: PNASNetConfig | None = None,
+                    bounded_activation: bool | None = None) -> dict[str, str]:
     """Load ``weights`` (a registry name or any local form) with full checking and write them as
     this package's ``.safetensors`` with metadata. Returns the metadata written. ``model`` names
     the variant (told from the weights by default); ``config`` checks against a configuration of
-    your own instead (a reduced one, say)."""
+    your own instead (a reduced one, say). ``bounded_activation``: whether the weights were trained
+    with TF-Slim's ``use_bounded_activation`` (ReLU6). A TF checkpoint cannot say (it is a graph
+    option, not a variable), so say it here for such weights; it is recorded in the written file,
+    and every later load builds the bounded network from it. None: what the source records (off
+    for TF files)."""
     path = resolve_weights(model or "pnasnet5_large", weights)
     with open_weights(path) as source:
         if config is None and model:
@@ -48,6 +53,8 @@ def convert_weights(weights: str | os.PathLike, out: str | os.PathLike, *, model
             known = config.name in VARIANTS  # Large or Mobile: name the variant, classifier or not
             name = config.name + ("" if default_classes or not known else "_feature_vector")
             default_classes = 1001 if known and default_classes else default_classes
+        if bounded_activation is not None:
+            config = dataclasses.replace(config, use_bounded_activation=bool(bounded_activation))
         if num_classes is None:
             num_classes = 0 if not default_classes else (source.num_classes or 0)
             if num_classes == 1000:
