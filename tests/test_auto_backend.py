@@ -238,3 +238,25 @@ def test_features_command_runs_openvino_by_default_and_records_it(tmp_path):
 
     assert rel(vectors(first), vectors(eager)) <= EXACT
     assert torch.equal(vectors(first), vectors(second))
+
+
+@needs_openvino
+def test_concurrent_processes_convert_once_and_share_the_entry(tmp_path):
+    """Server workers and Ray actors start together: the first converts under the cache's file lock,
+    the others wait for it and use its entry."""
+    if not cpu_support().is_x86:
+        pytest.skip("auto picks OpenVINO on x86 CPUs only")
+    env = {k: v for k, v in os.environ.items() if k not in (backends_module.AUTO_OPENVINO_ENV, graph_cache.ENV_SWITCH)}
+    env["PNASNET_HOME"] = str(tmp_path / "home")
+    script = ("import torch, pnasnet; from pnasnet.inference import for_inference, backend_of; "
+              f"m = pnasnet.create_model('auto', weights={FIXTURE!r}).eval(); "
+              f"r = for_inference(m, 'auto', image_size={SIZE}); "
+              f"print(backend_of(r), float(r.classify(torch.ones(1, 3, {SIZE}, {SIZE}) / 2).sum()))")
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env=env) for _ in range(2)]
+    outs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err for _, err in outs]
+    assert sum("for OpenVINO once" in err for _, err in outs) == 1  # one conversion, announced once
+    assert len(entries(tmp_path / "home")) == 1
+    results = [out.split() for out, _ in outs]
+    assert results[0][:2] == results[1][:2] == ["openvino", "float32"] and results[0][2] == results[1][2]
