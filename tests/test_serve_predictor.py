@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import pnasnet
-from pnasnet.serve import CLASSIFY, FEATURES, INFO, ImageInput, PredictRequest, Predictor
+from pnasnet.serve import CLASSIFY, FEATURES, INFO, LOGITS, LOGITS_AND_FEATURES, ImageInput, PredictRequest, Predictor
 from pnasnet.tasks import classify_paths, iter_features
 
 from inference_images import write_small_crops
@@ -115,3 +115,38 @@ def test_feature_vector_model_refuses_classify_only(paths):
     assert refused.error_kind == "not_supported" and "/v1/features" in refused.error
     assert features.error is None and features.outputs[0].shape == (1080,)
     assert predictor.info()["labels"] is None
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["plain", "eager"])
+def test_logits_and_features_come_from_one_pass(model, paths, library, fast):
+    """The Open Inference Protocol's logits + features request: the same values as the two tasks
+    asked apart, each image through the network once (not once per output)."""
+    from pnasnet.inference import optimize
+
+    runnable = optimize(model) if fast else model
+    passes = []
+
+    class CountingModel:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def features_and_logits(self, x):
+            passes.append(len(x))
+            return self.inner.features_and_logits(x)
+
+    predictor = Predictor(CountingModel(runnable), image_size=SIZE)
+    [both] = predictor.predict([PredictRequest(LOGITS_AND_FEATURES, tuple(image(p) for p in paths[:3]), top_k=4)])
+    [logits] = Predictor(runnable, image_size=SIZE).predict([PredictRequest(LOGITS, tuple(image(p) for p in paths[:3]))])
+    assert passes == [3] and both.batch.images == 3
+    for got, want in zip(both.outputs, logits.outputs):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
+    for vector, path in zip(both.features, paths[:3]):
+        assert_same_vectors(vector, library[1][path])
+    for got, path in zip(both.top_k, paths[:3]):
+        assert_same_top_k(got, library[0][path][:4])
+    fv = Predictor(pnasnet.create_model("pnasnet5_mobile_feature_vector"), image_size=32)
+    [refused] = fv.predict([PredictRequest(LOGITS_AND_FEATURES, (image(paths[0]),))])
+    assert refused.error_kind == "not_supported"

@@ -189,6 +189,12 @@ class InferenceModel(nn.Module):
             raise RuntimeError("this is a feature-vector model (num_classes=0): use features()")
         return self._run(images, want_logits=True)[1]
 
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, logits)`` from one pass (as the plain model's method of that name)."""
+        if not self.num_classes:
+            raise RuntimeError("this is a feature-vector model (num_classes=0): use features()")
+        return self._run(images, want_logits=True)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.classify(images) if self.num_classes else self.features(images)
 

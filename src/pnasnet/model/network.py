@@ -368,6 +368,14 @@ class PNASNet(nn.Module):
             logits = self.final_layer(pooled)
         return (logits, aux_logits) if with_aux else logits
 
+    def features_and_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(features, logits)`` of the same pass: what :meth:`features` and :meth:`classify` return,
+        for the price of one."""
+        if self.final_layer.FC is None:
+            raise RuntimeError("this is a feature-vector model (num_classes=0): use features()")
+        pooled, _ = self._logits_and_aux(images)
+        return pooled, self.final_layer(pooled)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits, or the feature vector for a feature-vector model."""
         if self.final_layer.FC is None:

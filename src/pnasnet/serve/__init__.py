@@ -18,12 +18,12 @@ Layer: serve. It may import the layers below it (training, tasks, bench, inferen
 data, model) but never engines or cli: the Ray Serve engine builds on it, not the other way round.
 """
 
-from .predictor import CLASSIFY, FEATURES, INFO, LOGITS, ImageInput, PredictRequest, PredictResult, Predictor
+from .predictor import CLASSIFY, FEATURES, INFO, LOGITS, LOGITS_AND_FEATURES, ImageInput, PredictRequest, PredictResult, Predictor
 from .settings import ServeSettings, load_model
 
 ENGINES = ("litserve",)
 
-__all__ = ["CLASSIFY", "ENGINES", "FEATURES", "INFO", "LOGITS", "ImageInput", "PredictRequest", "PredictResult", "Predictor",
+__all__ = ["CLASSIFY", "ENGINES", "FEATURES", "INFO", "LOGITS", "LOGITS_AND_FEATURES", "ImageInput", "PredictRequest", "PredictResult", "Predictor",
            "ServeSettings", "load_model", "run_server"]
 
 

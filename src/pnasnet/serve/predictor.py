@@ -25,15 +25,18 @@ from ..data import DEFAULT_MAX_PIXELS, ImageDecodeError, decode_image, decode_to
 from ..tasks.batches import TRANSFORMS
 from ..tasks.inference import model_image_size
 
-__all__ = ["CLASSIFY", "FEATURES", "INFO", "LOGITS", "BatchInfo", "ImageInput", "PredictRequest", "PredictResult",
+__all__ = ["CLASSIFY", "FEATURES", "INFO", "LOGITS", "LOGITS_AND_FEATURES", "BatchInfo", "ImageInput", "PredictRequest", "PredictResult",
            "Predictor", "class_labels"]
 
 CLASSIFY, FEATURES, INFO = "classify", "features", "info"
 #: The raw classifier outputs (float32 rows), plus the top ``top_k`` classes when ``top_k`` > 0: what
 #: the Open Inference Protocol and TF Serving adapters answer with.
 LOGITS = "logits"
+# The logits and the feature vectors of the same images from one pass (the Open Inference Protocol
+# asks for both at once): ``outputs`` are the logits, ``features`` the vectors.
+LOGITS_AND_FEATURES = "logits+features"
 
-IMAGE_TASKS = (CLASSIFY, FEATURES, LOGITS)
+IMAGE_TASKS = (CLASSIFY, FEATURES, LOGITS, LOGITS_AND_FEATURES)
 
 #: Error kinds a result can carry (the HTTP layer maps them to status codes).
 BAD_IMAGE, NOT_SUPPORTED, EXPIRED = "bad_image", "not_supported", "expired"
@@ -77,12 +80,14 @@ class BatchInfo:
 class PredictResult:
     """``outputs``: per image, ``[(index, label, probability), ...]`` (classify) or a float32 vector
     (features, logits); empty when ``error`` (a message naming the image) is set. ``top_k``: for
-    LOGITS with ``top_k`` > 0, the classify lists beside the logits."""
+    LOGITS with ``top_k`` > 0, the classify lists beside the logits. ``features``: for
+    LOGITS_AND_FEATURES, the feature vectors beside the logits in ``outputs``."""
 
     task: str
     names: list[str | None] = field(default_factory=list)
     outputs: list[Any] = field(default_factory=list)
     top_k: list[Any] | None = None
+    features: list[Any] | None = None
     error: str | None = None
     error_kind: str | None = None
     info: dict | None = None
@@ -151,10 +156,12 @@ class Predictor:
         pixels = self._decode(requests, results)
         images_run, model_seconds = 0, 0.0
         classify = getattr(self.model, "classify", None)
-        for tasks, compute in (((CLASSIFY, LOGITS), classify), ((FEATURES,), self.model.features)):
+        groups = (((CLASSIFY, LOGITS), classify), ((FEATURES,), self.model.features),
+                  ((LOGITS_AND_FEATURES,), self._logits_and_features))
+        for tasks, compute in groups:
             task = tasks[0]
             members = [i for i, r in enumerate(requests) if r.task in tasks and results[i].error is None]
-            if task == CLASSIFY and members and not self.model.num_classes:
+            if task in (CLASSIFY, LOGITS_AND_FEATURES) and members and not self.model.num_classes:
                 for i in members:
                     self._refuse(results[i], NOT_SUPPORTED, "this is a feature-vector model: it has no "
                                                             "classifier; use /v1/features")
@@ -178,6 +185,11 @@ class Predictor:
                 offset += count
                 if requests[i].task == CLASSIFY:
                     results[i].outputs = decode_top_k(rows, requests[i].top_k, self.labels)
+                elif requests[i].task == LOGITS_AND_FEATURES:
+                    logits, features = rows[:, :self.model.num_classes], rows[:, self.model.num_classes:]
+                    results[i].outputs, results[i].features = list(logits.numpy()), list(features.numpy())
+                    if requests[i].top_k > 0:
+                        results[i].top_k = decode_top_k(logits, requests[i].top_k, self.labels)
                 else:
                     results[i].outputs = list(rows.numpy())
                     if requests[i].task == LOGITS and requests[i].top_k > 0:
@@ -185,7 +197,7 @@ class Predictor:
         for i, request in enumerate(requests):
             if request.task == INFO:
                 results[i].info = self.info()
-            elif request.task not in (CLASSIFY, FEATURES, LOGITS):
+            elif request.task not in IMAGE_TASKS:
                 self._refuse(results[i], NOT_SUPPORTED, f"unknown task {request.task!r}")
         for position, result in enumerate(results):
             result.batch = BatchInfo(len(requests), images_run, model_seconds, position == 0)
@@ -229,6 +241,11 @@ class Predictor:
             return self.transform(decode_image(image.data, max_pixels=self.max_pixels), self.size), None
         except ImageDecodeError as error:
             return None, f"cannot decode image: {error.reason}"
+
+    def _logits_and_features(self, images: torch.Tensor) -> torch.Tensor:
+        """``[logits | features]`` per image, from one pass through the network."""
+        features, logits = self.model.features_and_logits(images)
+        return torch.cat([logits.float(), features.float()], 1)
 
     def _run(self, compute, images: list[torch.Tensor], deadline: float | None) -> torch.Tensor | None:
         """``compute`` over ``images``, ``max_images_per_call`` at a time; float32 on the CPU.

@@ -24,7 +24,6 @@ output is JSON, or binary where its ``binary_data`` parameter (or the request's
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
@@ -34,7 +33,7 @@ from starlette.responses import JSONResponse, Response
 
 from ..gateway import Gateway, Route, error_error
 from ..http_inputs import RequestRefused, parse_top_k, read_body
-from ..predictor import FEATURES, LOGITS, ImageInput, PredictRequest
+from ..predictor import FEATURES, LOGITS, LOGITS_AND_FEATURES, ImageInput, PredictRequest
 from .tensors import VERSION, bad_request, check_count, decode_b64, pixel_images, softmax
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -311,19 +310,20 @@ def routes(gateway: Gateway) -> list[Route]:
             asked = requested_outputs(header, bool(info["num_classes"]), settings.max_top_k)
             want_classes = [a for a in asked if a.name in CLASS_OUTPUTS]
             k = max((a.classes for a in want_classes), default=0)
-            jobs = {}
-            if want_classes:
-                jobs[LOGITS] = gateway.submit(PredictRequest(LOGITS, tuple(images), k, deadline))
-            if any(a.name == "features" for a in asked):
-                jobs[FEATURES] = gateway.submit(PredictRequest(FEATURES, tuple(images), 0, deadline))
-            results = dict(zip(jobs, await asyncio.gather(*jobs.values())))
+            want_features = any(a.name == "features" for a in asked)
+            # one job: classes and features together come from one pass through the network
+            task = (LOGITS_AND_FEATURES if want_classes and want_features else
+                    LOGITS if want_classes else FEATURES)
+            result = await gateway.submit(PredictRequest(task, tuple(images), k if want_classes else 0, deadline))
+            results = {LOGITS: result} if want_classes else {}
             arrays = {}
-            if LOGITS in results:
-                arrays["logits"] = np.stack(results[LOGITS].outputs).astype(np.float32)
+            if want_classes:
+                arrays["logits"] = np.stack(result.outputs).astype(np.float32)
                 if any(a.name == "probabilities" for a in asked):
                     arrays["probabilities"] = softmax(arrays["logits"])
-            if FEATURES in results:
-                arrays["features"] = np.stack(results[FEATURES].outputs).astype(np.float32)
+            if want_features:
+                vectors = result.features if task == LOGITS_AND_FEATURES else result.outputs
+                arrays["features"] = np.stack(vectors).astype(np.float32)
             tensors = []
             for a in asked:
                 if a.name == "top_k":  # the probabilities decode_top_k gave with the top classes
