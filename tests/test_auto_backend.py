@@ -27,7 +27,6 @@ EXACT = 1e-4  # the float32 paths' stated tolerance: max relative error of logit
 needs_openvino = pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("openvino", "onnx", "onnxscript")),
     reason="openvino, onnx or onnxscript not installed")
-pytestmark = pytest.mark.cpu_dependent
 
 
 @pytest.fixture()
@@ -65,6 +64,7 @@ def entries(home: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------------------- the choice
+@pytest.mark.cpu_dependent
 def test_auto_choice_follows_cpu_class_install_and_size(acting_as, monkeypatch):
     model = fresh_model()
     monkeypatch.delenv(backends_module.AUTO_OPENVINO_ENV, raising=False)
@@ -98,6 +98,7 @@ def test_auto_choice_follows_cpu_class_install_and_size(acting_as, monkeypatch):
 
 # --------------------------------------------------------------------------------------- OpenVINO
 @needs_openvino
+@pytest.mark.cpu_dependent  # exactness of OpenVINO's kernels: run again acting as AVX2-only
 def test_auto_runs_openvino_exactly_and_caches_the_graph_by_value(home, images, monkeypatch):
     if not cpu_support().is_x86:
         pytest.skip("auto picks OpenVINO on x86 CPUs only")
@@ -203,6 +204,7 @@ def test_prune_keeps_the_most_recently_used_entries(tmp_path):
 
 # --------------------------------------------------------------------------------------- the command
 @needs_openvino
+@pytest.mark.cpu_dependent
 def test_features_command_runs_openvino_by_default_and_records_it(tmp_path):
     if not cpu_support().is_x86:
         pytest.skip("auto picks OpenVINO on x86 CPUs only")

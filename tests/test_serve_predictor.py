@@ -43,6 +43,24 @@ def image(path, name=None) -> ImageInput:
         return ImageInput(fh.read(), name)
 
 
+class Counting:
+    """``inner`` with the batch size of each call to its method ``name`` appended to ``calls``."""
+
+    def __init__(self, inner, name: str, calls: list):
+        self.inner, self.name, self.calls = inner, name, calls
+
+    def __getattr__(self, attr):
+        method = getattr(self.inner, attr)
+        if attr != self.name:
+            return method
+
+        def counted(x):
+            self.calls.append(len(x))
+            return method(x)
+
+        return counted
+
+
 def assert_same_top_k(actual, expected):
     assert [i for i, _, _ in actual] == [i for i, _, _ in expected]
     np.testing.assert_allclose([p for _, _, p in actual], [p for _, _, p in expected], atol=1e-5)
@@ -78,19 +96,7 @@ def test_each_request_of_a_mixed_batch_gets_its_own_results(model, paths, librar
 
 def test_multi_image_requests_are_split_into_bounded_model_calls(model, paths, library):
     calls = []
-
-    class CountingModel:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def features(self, x):
-            calls.append(len(x))
-            return self.inner.features(x)
-
-    predictor = Predictor(CountingModel(model), image_size=SIZE, max_images_per_call=2)
+    predictor = Predictor(Counting(model, "features", calls), image_size=SIZE, max_images_per_call=2)
     [result] = predictor.predict([PredictRequest(FEATURES, tuple(image(p) for p in paths[:5]))])
     assert calls == [2, 2, 1]
     for vector, path in zip(result.outputs, paths):
@@ -125,19 +131,7 @@ def test_logits_and_features_come_from_one_pass(model, paths, library, fast):
 
     runnable = optimize(model) if fast else model
     passes = []
-
-    class CountingModel:
-        def __init__(self, inner):
-            self.inner = inner
-
-        def __getattr__(self, name):
-            return getattr(self.inner, name)
-
-        def features_and_logits(self, x):
-            passes.append(len(x))
-            return self.inner.features_and_logits(x)
-
-    predictor = Predictor(CountingModel(runnable), image_size=SIZE)
+    predictor = Predictor(Counting(runnable, "features_and_logits", passes), image_size=SIZE)
     [both] = predictor.predict([PredictRequest(LOGITS_AND_FEATURES, tuple(image(p) for p in paths[:3]), top_k=4)])
     [logits] = Predictor(runnable, image_size=SIZE).predict([PredictRequest(LOGITS, tuple(image(p) for p in paths[:3]))])
     assert passes == [3] and both.batch.images == 3
