@@ -140,8 +140,9 @@ def main() -> None:
         print(f"| {r['backend']} | {r['ran']} | {r['end_to_end_img_s']} | {r['model_only_img_s']} | "
               f"{r['ratio']:.2f} | {r['fixed_cost_s']} |")
     if args.json:
-        Path(args.json).write_text(json.dumps({"cpu": info, "args": {k: v for k, v in vars(args).items()
-                                                                    if k != "backend_now"}, "rows": rows}, indent=2))
+        recorded = {k: v for k, v in vars(args).items() if k not in ("backend_now", "json", "model_only_for")}
+        recorded["weights"] = Path(args.weights).name if os.path.exists(args.weights) else args.weights  # not a path
+        Path(args.json).write_text(json.dumps({"cpu": info, "args": recorded, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":
