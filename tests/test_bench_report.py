@@ -64,3 +64,22 @@ def test_int8_convolution_ceiling_on_every_cpu_class_names_its_kernel():
     summarize(results)  # the int8 path's fraction is against the int8 convolution ceiling
     assert results["contenders"]["pnasnet-openvino-int8"]["batches"]["1"]["fraction_of_ceiling"] == \
         round(100.0 / ceilings["conv1x1_int8"], 3)
+
+
+def test_agreement_compares_each_path_and_skips_what_cannot_run(monkeypatch):
+    """`pnasnet bench --agreement`: a float32 path agrees with the plain model (within the stated
+    1e-4); a path this install cannot run is reported as skipped with the reason, not a crash."""
+    pytest.importorskip("skimage")
+    from pnasnet.bench.agreement import agreement_markdown, run_agreement
+    from pnasnet.inference import int8
+
+    monkeypatch.setattr(int8, "int8_unavailable", lambda: "int8 needs nncf (test: pretend it is missing)")
+    fixture = "tests/fixtures/tf_slim/mobile_tiny/model.ckpt"
+    result = run_agreement([("tiny", "auto", fixture, 48)],
+                           [("eager", "float32"), ("openvino", "int8"), ("onnxruntime", "bfloat16")], say=lambda _: None)
+    paths = result["cases"]["tiny"]["paths"]
+    assert paths["eager/float32"]["logits"]["max_rel_err"] <= 1e-4
+    assert paths["eager/float32"]["features"]["centered_cosine_min"] > 0.9999
+    assert "pretend it is missing" in paths["openvino/int8"]["skipped"]
+    assert "supports precision float32 only" in paths["onnxruntime/bfloat16"]["skipped"]
+    assert "skipped: int8 needs nncf" in agreement_markdown(result)

@@ -6,7 +6,7 @@ Layers, top to bottom (a module may import its own layer and the ones below, nev
 
 ``api`` is ``pnasnet/api.py`` and the package's front door ``pnasnet/__init__.py`` (it re-exports
 ``create_model`` and friends); ``util`` is the helper modules at the top of the package
-(``atomic_files``, ``file_locks``, ``version``) that any layer may use; ``pnasnet/__main__.py`` is
+(``atomic_files``, ``env_flags``, ``file_locks``, ``version``) that any layer may use; ``pnasnet/__main__.py`` is
 part of ``cli``. Every import counts, inside functions too (a lazy import is still a dependency);
 only ``if TYPE_CHECKING:`` blocks are left out. ``from package import name`` depends on the module
 that defines ``name`` when the package's ``__init__`` only re-exports it.
@@ -23,8 +23,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = ["cli", "engines", "serve", "training", "tasks", "bench", "inference", "api", "weights", "data", "model",
           "util"]
 # Modules directly under pnasnet/ and the layer each belongs to (a new one must be placed here).
-TOP_LEVEL = {"__init__": "api", "__main__": "cli", "api": "api", "atomic_files": "util", "file_locks": "util",
-             "version": "util"}
+TOP_LEVEL = {"__init__": "api", "__main__": "cli", "api": "api", "atomic_files": "util", "env_flags": "util",
+             "file_locks": "util", "version": "util"}
 
 
 def module_files(src: Path = SRC) -> dict[str, Path]:

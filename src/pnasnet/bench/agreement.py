@@ -29,7 +29,7 @@ def run_agreement(cases: list[tuple[str, str, str, int]], paths: list[tuple[str,
     import torch
 
     import pnasnet
-    from pnasnet.inference import backend_unavailable, optimize
+    from pnasnet.inference import check_backend_choice, optimize
 
     out = {"photos": None, "cases": {}}
     for label, name, weights, size in cases:
@@ -42,13 +42,10 @@ def run_agreement(cases: list[tuple[str, str, str, int]], paths: list[tuple[str,
         case = {"model": name, "weights": str(weights), "size": size, "paths": {}}
         for backend, precision in paths:
             key = f"{backend}/{precision}"
-            reason = backend_unavailable(backend)
-            if reason is None and precision == "int8":
-                from .int8 import int8_unavailable
-
-                reason = int8_unavailable()
-            if reason:
-                case["paths"][key] = {"skipped": reason}
+            try:  # what this install and CPU cannot run (package, precision, int8 tooling) is skipped, saying why
+                check_backend_choice(backend, precision)
+            except (ValueError, ImportError) as why:
+                case["paths"][key] = {"skipped": str(why)}
                 continue
             if precision == "int8":
                 feats, logits = _int8_two_fold(model, backend, size, images)

@@ -55,8 +55,8 @@ PRECISIONS = ("float32", "bfloat16", "int8")
 _SUPPORTED = {"eager": ("float32", "bfloat16"), "compile": ("float32", "bfloat16"), "onnxruntime": ("float32",),
               "openvino": ("float32", "bfloat16", "int8")}
 _PACKAGES = {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "openvino": ("openvino", "onnx", "onnxscript")}
-log = logging.getLogger(__name__)
 _EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------------- discovery
@@ -338,8 +338,7 @@ class OpenVINOModel(_GraphModel):
 
     def __init__(self, model: PNASNet, image_size: int | None = None, precision: str = "float32",
                  threads: int | None = None, onnx_path: str | os.PathLike | None = None,
-                 hint: str = "LATENCY", calibration: torch.Tensor | None = None,
-                 graph_path: str | os.PathLike | None = None):
+                 hint: str = "LATENCY", calibration: torch.Tensor | None = None):
         import openvino as ov
 
         super().__init__(model, image_size)
@@ -348,9 +347,7 @@ class OpenVINOModel(_GraphModel):
             from .int8 import check_calibration
 
             calibration = check_calibration(calibration, self.image_size)
-        # graph_path: an already converted graph of this model at this size (the auto cache)
-        path, temporary = (Path(graph_path), False) if graph_path is not None else \
-            _export(model, self.image_size, onnx_path)
+        path, temporary = _export(model, self.image_size, onnx_path)
         try:
             core = ov.Core()
             graph = core.read_model(str(path))
@@ -399,9 +396,11 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
         threads: CPU threads for onnxruntime / openvino (default: PyTorch's thread count); for eager
             and compile use ``torch.set_num_threads``.
         onnx_path: where onnxruntime / openvino keep the exported graph (reused if it exists; a
-            temporary file by default). It must have been exported from the same weights and size.
-        in_place: eager / compile only: turn ``model`` itself into the inference form instead of a
-            copy, so the weights are never held twice; ``model`` cannot be used on its own afterwards.
+            temporary file by default; OpenVINO also reads its own IR, ``.xml``). It must have been
+            exported from the same weights and size.
+        in_place: hold the weights once: eager / compile turn ``model`` itself into the inference
+            form instead of a copy; onnxruntime / openvino drop ``model``'s weights once the runtime
+            has its own. ``model`` cannot be used on its own afterwards.
         calibration: int8 only: float images [N, 3, S, S] in [0, 1] at the model's image size, like
             the ones it will see (a few dozen).
     """
@@ -423,8 +422,12 @@ def optimize(model: PNASNet, backend: str = "eager", precision: str = "float32",
     if backend == "compile":
         return CompiledModel(model, precision, in_place=in_place)
     if backend == "onnxruntime":
-        return OnnxRuntimeModel(model, image_size, threads, onnx_path)
-    return OpenVINOModel(model, image_size, precision, threads, onnx_path, calibration=calibration)
+        runnable = OnnxRuntimeModel(model, image_size, threads, onnx_path)
+    else:
+        runnable = OpenVINOModel(model, image_size, precision, threads, onnx_path, calibration=calibration)
+    if in_place:  # the runtime holds its own copy of the weights now
+        release_weights(model)
+    return runnable
 
 
 AUTO_OPENVINO_ENV = "PNASNET_AUTO_OPENVINO"
@@ -483,18 +486,18 @@ def release_weights(model: nn.Module) -> None:
             tensor.data = torch.empty(0, dtype=tensor.dtype)
 
 
-def _auto_openvino(model: PNASNet, image_size: int, threads: int | None, in_place: bool,
-                   why: str) -> InferenceModel | None:
-    """The float32 OpenVINO model from the graph cache, or None (with a warning) if OpenVINO could
-    not take it: ``auto`` then runs the eager form."""
+def _auto_openvino(model: PNASNet, image_size: int, threads: int | None, in_place: bool) -> InferenceModel | None:
+    """The float32 OpenVINO model from the graph cache (:mod:`.graph_cache`), or None with a
+    warning if OpenVINO could not take it: ``auto`` then runs the eager form."""
     import shutil
 
     from .graph_cache import openvino_graph
 
     try:
-        path, temporary = openvino_graph(model, int(image_size))
+        path, temporary = openvino_graph(model, image_size)
         try:
-            runnable = OpenVINOModel(model, int(image_size), threads=threads, graph_path=path)
+            return optimize(model, "openvino", image_size=image_size, threads=threads, onnx_path=path,
+                            in_place=in_place)
         finally:
             if temporary is not None:
                 shutil.rmtree(temporary, ignore_errors=True)
@@ -502,10 +505,6 @@ def _auto_openvino(model: PNASNet, image_size: int, threads: int | None, in_plac
         warnings.warn(f"backend auto: OpenVINO could not run {model.config.name} ({type(exc).__name__}: {exc}); "
                       "running the eager form instead", RuntimeWarning, stacklevel=3)
         return None
-    runnable.chosen_by = f"auto: {why}"
-    if in_place:
-        release_weights(model)
-    return runnable
 
 
 def backend_of(model: nn.Module) -> str:
@@ -551,8 +550,7 @@ def for_inference(model: nn.Module, backend: str = "auto", precision: str = "flo
     :func:`auto_choice` picks (OpenVINO float32 needs ``image_size``; if OpenVINO fails to take the
     model, auto warns and runs the eager form) and records why in the result's ``chosen_by``. This
     is what ``classify_paths``, ``extract_features`` and ``pnasnet serve`` call with their
-    ``backend`` option. ``in_place``: convert ``model`` itself (eager) or drop its weights once a
-    graph runtime holds them (OpenVINO, ONNX Runtime via auto): ``model`` is then unusable alone.
+    ``backend`` option. ``in_place``: as in :func:`optimize` (``model`` is then unusable alone).
     """
     if isinstance(model, InferenceModel):
         return model
@@ -566,15 +564,16 @@ def for_inference(model: nn.Module, backend: str = "auto", precision: str = "flo
     was_training = model.training
     model.eval()  # the inference form takes the running statistics, as eval mode does
     try:
+        runnable = None
         if why is not None and backend == "openvino" and precision == "float32":
-            runnable = _auto_openvino(model, image_size, threads, in_place, why)
-            if runnable is not None:
-                return runnable
-            backend, why = ("eager", "OpenVINO failed") if cpu_support().fused_ops else ("plain", "OpenVINO failed")
-            if backend == "plain":
-                return model
-        runnable = optimize(model, backend, precision, image_size=image_size, threads=threads, in_place=in_place,
-                            calibration=calibration)
+            runnable = _auto_openvino(model, int(image_size), threads, in_place)
+            if runnable is None:
+                backend, why = ("eager" if cpu_support().fused_ops else "plain"), "OpenVINO failed"
+        if backend == "plain":
+            return model
+        if runnable is None:
+            runnable = optimize(model, backend, precision, image_size=image_size, threads=threads,
+                                in_place=in_place, calibration=calibration)
         if why is not None:
             runnable.chosen_by = f"auto: {why}"
         return runnable

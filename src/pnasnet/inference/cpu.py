@@ -35,6 +35,8 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 
+from ..env_flags import env_flag
+
 ENV_ISA = "PNASNET_CPU_ISA"
 ENV_HIDE_FUSED = "PNASNET_HIDE_FUSED_OPS"
 
@@ -184,10 +186,6 @@ def _torch_has_fused_ops() -> bool:
         return False
 
 
-def _truthy(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _cap(support: CpuSupport, level: str, why: str) -> CpuSupport:
     allowed = _X86_LEVELS[level] | _X86_ALSO_ALLOWED.get(level, frozenset())
     changes = {feature: False for feature in ("avx2", "avx512", "avx512_vnni", "avx_vnni", "avx512_bf16",
@@ -236,7 +234,7 @@ def detect_cpu_support(environ: dict | None = None) -> CpuSupport:
             if ours not in _X86_LEVELS:
                 raise ValueError(f"{ENV_ISA}={ours} names no CPU class; choose one of {', '.join(_X86_LEVELS)}")
             support = _cap(support, ours, f"{ENV_ISA}={ours}")
-    if _truthy(env.get(ENV_HIDE_FUSED)) and support.fused_ops:
+    if env_flag(ENV_HIDE_FUSED, False, env) and support.fused_ops:
         capped = f"{support.capped_by}, {ENV_HIDE_FUSED}=1" if support.capped_by else f"{ENV_HIDE_FUSED}=1"
         support = replace(support, fused_ops=False, capped_by=capped)
     return support

@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from ..atomic_files import fsync_dir, fsync_file
+from ..env_flags import env_flag
 from ..model.fingerprint import parameters_sha256
 from ..model.network import PNASNet
 from ..version import __version__
@@ -42,7 +43,7 @@ def graph_cache_dir() -> Path:
 
 
 def caching_enabled() -> bool:
-    return os.environ.get(ENV_SWITCH, "on").strip().lower() not in ("0", "off", "false", "no")
+    return env_flag(ENV_SWITCH, True)
 
 
 def graph_key(model: PNASNet, image_size: int) -> str:
@@ -52,8 +53,8 @@ def graph_key(model: PNASNet, image_size: int) -> str:
 
     identity = {"revision": EXPORT_REVISION, "pnasnet": __version__, "openvino": openvino.__version__,
                 "torch": torch.__version__,  # its exporter writes the graph
+                # the config holds the architecture, use_bounded_activation included
                 "config": repr(model.config), "num_classes": model.num_classes, "image_size": int(image_size),
-                "bounded_activation": bool(getattr(model, "bounded_activation", False)),
                 "parameters_sha256": parameters_sha256(model)}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..atomic_files import fsync_dir
+from ..env_flags import env_flag
 
 # Callers and tests know these names from this module: it re-exports them.
 from .cache import (CHECKSUMS_NAME, CHUNK_SIZE, ENV_HOME, ChecksumError, ChecksumUnknownError,  # noqa: F401
@@ -54,7 +55,7 @@ log = logging.getLogger(__name__)
 
 
 def _is_offline() -> bool:
-    return os.environ.get(ENV_OFFLINE, "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag(ENV_OFFLINE, False)
 
 
 def _advice_tail(dest: Path) -> str:
