@@ -237,3 +237,24 @@ def test_weights_convert_records_bounded_activation_for_a_tf_checkpoint(tmp_path
     with torch.inference_mode():
         assert rel(loaded.classify(images), want) <= TOLERANCE
         assert rel(pnasnet.create_model("auto", weights=plain).classify(images), want) > 0.05
+
+
+def test_a_features_output_never_mixes_bounded_and_relu_vectors(model, tmp_path):
+    """Same parameters, another function: a run with the other activation cannot resume into an
+    output (the parameters' SHA-256 alone would let it)."""
+    from PIL import Image
+
+    from pnasnet.tasks import OutputMismatchError, extract_features
+
+    size = image_sizes(NAME)[0]
+    paths = []
+    for i, image in enumerate(images_nchw(NAME, size)[:2]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(paths[-1])
+    out = tmp_path / "f.parquet"
+    extract_features(model, paths[:1], out, image_size=size, workers=0)
+    plain = build_fixture_model(NAME, weights=CKPT, bounded_activation=False)
+    with pytest.raises(OutputMismatchError, match="bounded_activation: True there, False now"):
+        extract_features(plain, paths, out, image_size=size, workers=0)
+    summary = extract_features(model, paths, out, image_size=size, workers=0)  # the same function resumes
+    assert summary.computed == 1

@@ -145,7 +145,8 @@ def test_extract_features_writes_every_input_once_with_metadata(model, tmp_path,
     assert meta == {"model": "pnasnet5_mobile", "weights": "seeded test weights", "transform": "tf-slim",
                     "image_size": SIZE, "num_features": 1080, "parameters_sha256": parameters_sha256(model),
                     "pnasnet_version": pnasnet.__version__, "precision": "float32",
-                    "backend": "eager float32"}  # what backend "auto" ran (OpenVINO off in the tests: conftest)
+                    "backend": "eager float32",  # what backend "auto" ran (OpenVINO off in the tests: conftest)
+                    "bounded_activation": False}
     assert not (tmp_path / "out" / f"feats{suffix}.partial").exists()
     assert sorted(os.listdir(tmp_path / "out")) == sorted(f.name for f in summary.files)
 

@@ -48,7 +48,7 @@ from ..tasks.extract import DEFAULT_CHUNK_SIZE, FeaturesSummary
 from ..tasks.inference import DEFAULT_BATCH_SIZE, Classification, model_image_size
 from ..tasks.inputs import printable_path
 from ..tasks.progress import Progress
-from ..tasks.run_info import RunInfo, parameters_sha256
+from ..tasks.run_info import RunInfo
 from .parquet_folder import ParquetFolderOutput, part_table
 from .sources import decode_source, is_uri
 
@@ -394,15 +394,12 @@ def extract_features_ray(model, paths: Sequence[str], out: str | os.PathLike, *,
     :class:`~pnasnet.tasks.extract.FeaturesSummary` whose ``files`` are the parts.
     """
     _check_options(transform, batch_size, chunk_size)
-    from .. import __version__
-
     paths = list(dict.fromkeys(os.fspath(p) for p in paths))
     size = model_image_size(model, image_size)
-    info = RunInfo(model=model_name or model.config.name, weights=weights or "not recorded",
-                   parameters_sha256=parameters_sha256(model), transform=transform, image_size=size,
-                   num_features=model.num_features, pnasnet_version=__version__, precision=precision,
-                   # each actor runs for_inference itself; with auto, on its own machine's choice
-                   backend=f"{backend} {precision}" + (" (chosen by each actor)" if backend == "auto" else ""))
+    info = RunInfo.for_model(model, model_name=model_name, weights=weights, transform=transform, image_size=size,
+                             precision=precision,
+                             # each actor runs for_inference itself; with auto, on its own machine's choice
+                             backend=f"{backend} {precision}" + (" (chosen by each actor)" if backend == "auto" else ""))
     output = ParquetFolderOutput(out)
     output.open_for_run(info, overwrite=overwrite)
     try:

@@ -28,7 +28,7 @@ from .formats import FeaturesOutput, output_for
 from .inference import DEFAULT_BATCH_SIZE, feature_blocks, model_image_size, prepare_model
 from .progress import Progress
 from .rows import RowBlock
-from .run_info import RunInfo, parameters_sha256
+from .run_info import RunInfo
 
 __all__ = ["FeaturesSummary", "extract_features"]
 
@@ -141,14 +141,11 @@ def extract_features(model: PNASNet, paths: Sequence[str], out: str | os.PathLik
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if transform not in TRANSFORMS:  # before anything is recorded under this name
         raise ValueError(f"transform must be one of {', '.join(TRANSFORMS)}; got {transform!r}")
-    from .. import __version__  # here, not at the top: the package imports its modules first
-
     paths = list(dict.fromkeys(os.fspath(p) for p in paths))
     output = output_for(out)
     size = model_image_size(model, image_size)
-    info = RunInfo(model=model_name or model.config.name, weights=weights or "not recorded",
-                   parameters_sha256=parameters_sha256(model), transform=transform, image_size=size,
-                   num_features=model.num_features, pnasnet_version=__version__, precision=precision)
+    info = RunInfo.for_model(model, model_name=model_name, weights=weights, transform=transform, image_size=size,
+                             precision=precision)
     output.path.parent.mkdir(parents=True, exist_ok=True)
     wanted = set(paths)
     with ChunkFolder.open(output.work_dir) as folder:

@@ -39,8 +39,23 @@ class RunInfo:
     # added to it; a Parquet folder written on Ray: what the run that created it asked each actor
     # for); not identity, for the reason above. "" where it was not recorded.
     backend: str = ""
+    # TF-Slim's use_bounded_activation (ReLU6): the same parameters compute another function, so it
+    # is identity. Outputs written before this field existed were made without it.
+    bounded_activation: bool = False
 
-    IDENTITY = ("model", "parameters_sha256", "transform", "image_size", "num_features", "precision")
+    IDENTITY = ("model", "parameters_sha256", "transform", "image_size", "num_features", "precision",
+                "bounded_activation")
+
+    @classmethod
+    def for_model(cls, model, *, model_name: str | None, weights: str | None, transform: str, image_size: int,
+                  precision: str, backend: str = "") -> "RunInfo":
+        """What a features run of ``model`` records (the model's own facts filled in here)."""
+        from ..version import __version__
+
+        return cls(model=model_name or model.config.name, weights=weights or "not recorded",
+                   parameters_sha256=parameters_sha256(model), transform=transform, image_size=image_size,
+                   num_features=model.num_features, pnasnet_version=__version__, precision=precision,
+                   backend=backend, bounded_activation=bool(model.config.use_bounded_activation))
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
