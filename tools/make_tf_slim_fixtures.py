@@ -73,13 +73,13 @@ import argparse
 import copy
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import platform
 import re
 import sys
 import time
-import types
 
 # Plain (non-oneDNN) CPU kernels: the reference numbers should not depend on
 # the host's instruction set.  Must be set before TensorFlow is imported.
@@ -194,25 +194,6 @@ nasnet = None
 nasnet_utils = None
 
 
-class HParams(object):
-    """Minimal stand-in for tf.contrib.training.HParams (only what slim uses)."""
-
-    def __init__(self, **kwargs):
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-
-    def set_hparam(self, name, value):
-        if not hasattr(self, name):
-            raise ValueError("unknown hparam %r" % name)
-        setattr(self, name, value)
-
-    def values(self):
-        return dict(self.__dict__)
-
-    def __repr__(self):
-        return "HParams(%r)" % self.values()
-
-
 def _sha256(path):
     with open(path, "rb") as handle:
         return hashlib.sha256(handle.read()).hexdigest()
@@ -221,55 +202,13 @@ def _sha256(path):
 def import_slim(slim_dir):
     """Import pnasnet/nasnet/nasnet_utils from slim_dir; returns source info."""
     global tf, tf1, slim, pnasnet, nasnet, nasnet_utils
-    import tensorflow
-    import tf_slim
-
-    tf = tensorflow
-    tf1 = tensorflow.compat.v1
-    tf1.disable_eager_execution()
-    slim = tf_slim
-
-    training = types.ModuleType("tensorflow.contrib.training")
-    training.HParams = HParams
-    contrib = types.ModuleType("tensorflow.contrib")
-    contrib.__path__ = []
-    contrib.framework = tf_slim   # arg_scope, add_arg_scope
-    contrib.layers = tf_slim      # l2_regularizer, variance_scaling_initializer, flatten
-    contrib.slim = tf_slim
-    contrib.training = training
-
-    # The sources say "import tensorflow as tf" and use TF1 names
-    # (tf.variable_scope, tf.random_uniform, tf.contrib...): give them a module
-    # that forwards to tf.compat.v1 and carries .contrib.
-    proxy = types.ModuleType("tensorflow")
-    proxy.__path__ = []
-    proxy.contrib = contrib
-    proxy.__getattr__ = lambda name: getattr(tf1, name)
-
-    nets_pkg = types.ModuleType("nets")
-    nets_pkg.__path__ = []
-    nasnet_pkg = types.ModuleType("nets.nasnet")
-    nasnet_pkg.__path__ = [os.path.abspath(slim_dir)]
-    nets_pkg.nasnet = nasnet_pkg
-
-    aliases = {
-        "tensorflow.contrib": contrib,
-        "tensorflow.contrib.framework": tf_slim,
-        "tensorflow.contrib.layers": tf_slim,
-        "tensorflow.contrib.slim": tf_slim,
-        "tensorflow.contrib.training": training,
-        "nets": nets_pkg,
-        "nets.nasnet": nasnet_pkg,
-    }
-    real_tf_module = sys.modules["tensorflow"]
-    sys.modules.update(aliases)
-    sys.modules["tensorflow"] = proxy
-    try:
-        nasnet_utils = importlib.import_module("nets.nasnet.nasnet_utils")
-        nasnet = importlib.import_module("nets.nasnet.nasnet")
-        pnasnet = importlib.import_module("nets.nasnet.pnasnet")
-    finally:
-        sys.modules["tensorflow"] = real_tf_module
+    # The import shim is the benchmark worker's (a standard-library-only file), loaded by its path.
+    worker_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "src", "pnasnet", "bench",
+                               "worker.py")
+    spec = importlib.util.spec_from_file_location("pnasnet_bench_worker", worker_path)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    tf, tf1, slim, pnasnet, nasnet, nasnet_utils = worker.import_tf_slim(slim_dir)
 
     info = {"files": {}}
     for name in ("pnasnet.py", "nasnet.py", "nasnet_utils.py"):

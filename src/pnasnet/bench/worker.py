@@ -70,9 +70,28 @@ def _images(batch: int, size: int, layout: str = "nchw"):
     return x.transpose(0, 2, 3, 1).copy() if layout == "nhwc" else x
 
 
-def _import_tf_slim(slim_dir: str):
-    """TF-Slim's nasnet sources with ``tensorflow.contrib`` aliased to ``tf_slim`` (as in
-    tools/make_tf_slim_fixtures.py)."""
+class HParams:
+    """Stand-in for ``tf.contrib.training.HParams`` (only what TF-Slim's nasnet sources use)."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+    def set_hparam(self, name, value):
+        if not hasattr(self, name):
+            raise ValueError(f"unknown hparam {name!r}")
+        setattr(self, name, value)
+
+    def values(self):
+        return dict(self.__dict__)
+
+    def __repr__(self):
+        return f"HParams({self.values()!r})"
+
+
+def import_tf_slim(slim_dir: str):
+    """``(tensorflow, tf.compat.v1, tf_slim, pnasnet, nasnet, nasnet_utils)``: TF-Slim's nasnet
+    sources in ``slim_dir`` imported under TF 2 with ``tensorflow.contrib`` aliased to ``tf_slim``.
+    Shared with tools/make_tf_slim_fixtures.py, which loads this file by its path."""
     import importlib
 
     import tensorflow
@@ -80,23 +99,14 @@ def _import_tf_slim(slim_dir: str):
 
     tf1 = tensorflow.compat.v1
     tf1.disable_eager_execution()
-
-    class HParams:
-        def __init__(self, **kwargs):
-            self.__dict__.update(kwargs)
-
-        def set_hparam(self, name, value):
-            setattr(self, name, value)
-
-        def values(self):
-            return dict(self.__dict__)
-
     training = types.ModuleType("tensorflow.contrib.training")
     training.HParams = HParams
     contrib = types.ModuleType("tensorflow.contrib")
     contrib.__path__ = []
-    contrib.framework = contrib.layers = contrib.slim = tf_slim
+    contrib.framework = contrib.layers = contrib.slim = tf_slim  # arg_scope, l2_regularizer, flatten, ...
     contrib.training = training
+    # The sources say "import tensorflow as tf" and use TF1 names (tf.variable_scope, tf.contrib...):
+    # give them a module that forwards to tf.compat.v1 and carries .contrib.
     proxy = types.ModuleType("tensorflow")
     proxy.__path__ = []
     proxy.contrib = contrib
@@ -112,16 +122,16 @@ def _import_tf_slim(slim_dir: str):
                         "tensorflow.contrib.training": training, "nets": nets, "nets.nasnet": nasnet_pkg})
     sys.modules["tensorflow"] = proxy
     try:
-        importlib.import_module("nets.nasnet.nasnet_utils")
-        importlib.import_module("nets.nasnet.nasnet")
+        nasnet_utils = importlib.import_module("nets.nasnet.nasnet_utils")
+        nasnet = importlib.import_module("nets.nasnet.nasnet")
         pnasnet = importlib.import_module("nets.nasnet.pnasnet")
     finally:
         sys.modules["tensorflow"] = real
-    return tensorflow, tf1, tf_slim, pnasnet
+    return tensorflow, tf1, tf_slim, pnasnet, nasnet, nasnet_utils
 
 
 def _build_tf(spec: dict):
-    tensorflow, tf1, slim, tf_pnasnet = _import_tf_slim(spec["slim_dir"])
+    tensorflow, tf1, slim, tf_pnasnet, _, _ = import_tf_slim(spec["slim_dir"])
     large = "large" in spec["model"]
     builder = tf_pnasnet.build_pnasnet_large if large else tf_pnasnet.build_pnasnet_mobile
     scope = tf_pnasnet.pnasnet_large_arg_scope if large else tf_pnasnet.pnasnet_mobile_arg_scope
