@@ -95,8 +95,8 @@ def test_each_request_of_a_mixed_batch_gets_its_own_results(model, paths, librar
 
 
 def test_multi_image_requests_are_split_into_bounded_model_calls(model, paths, library):
-    calls = []
-    predictor = Predictor(Counting(model, "features", calls), image_size=SIZE, max_images_per_call=2)
+    calls = []  # the predictor computes logits and features of a classifier in one pass
+    predictor = Predictor(Counting(model, "features_and_logits", calls), image_size=SIZE, max_images_per_call=2)
     [result] = predictor.predict([PredictRequest(FEATURES, tuple(image(p) for p in paths[:5]))])
     assert calls == [2, 2, 1]
     for vector, path in zip(result.outputs, paths):
@@ -126,15 +126,21 @@ def test_feature_vector_model_refuses_classify_only(paths):
 @pytest.mark.parametrize("fast", [False, True], ids=["plain", "eager"])
 def test_logits_and_features_come_from_one_pass(model, paths, library, fast):
     """The Open Inference Protocol's logits + features request: the same values as the two tasks
-    asked apart, each image through the network once (not once per output)."""
+    asked apart, each image through the network once (not once per output), and a batch mixing
+    it with classify and features requests in one model call."""
     from pnasnet.inference import optimize
 
     runnable = optimize(model) if fast else model
     passes = []
     predictor = Predictor(Counting(runnable, "features_and_logits", passes), image_size=SIZE)
-    [both] = predictor.predict([PredictRequest(LOGITS_AND_FEATURES, tuple(image(p) for p in paths[:3]), top_k=4)])
+    both, classified, featured = predictor.predict([
+        PredictRequest(LOGITS_AND_FEATURES, tuple(image(p) for p in paths[:3]), top_k=4),
+        PredictRequest(CLASSIFY, (image(paths[3]),), top_k=2),
+        PredictRequest(FEATURES, (image(paths[4]),))])
     [logits] = Predictor(runnable, image_size=SIZE).predict([PredictRequest(LOGITS, tuple(image(p) for p in paths[:3]))])
-    assert passes == [3] and both.batch.images == 3
+    assert passes == [5] and both.batch.images == 5  # the whole mixed batch in one model call
+    assert_same_top_k(classified.outputs[0], library[0][paths[3]][:2])
+    assert_same_vectors(featured.outputs[0], library[1][paths[4]])
     for got, want in zip(both.outputs, logits.outputs):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
     for vector, path in zip(both.features, paths[:3]):

@@ -155,45 +155,33 @@ class Predictor:
         self._refuse_expired(requests, results)
         pixels = self._decode(requests, results)
         images_run, model_seconds = 0, 0.0
-        classify = getattr(self.model, "classify", None)
-        groups = (((CLASSIFY, LOGITS), classify), ((FEATURES,), self.model.features),
-                  ((LOGITS_AND_FEATURES,), self._logits_and_features))
-        for tasks, compute in groups:
-            task = tasks[0]
-            members = [i for i, r in enumerate(requests) if r.task in tasks and results[i].error is None]
-            if task in (CLASSIFY, LOGITS_AND_FEATURES) and members and not self.model.num_classes:
-                for i in members:
-                    self._refuse(results[i], NOT_SUPPORTED, "this is a feature-vector model: it has no "
-                                                            "classifier; use /v1/features")
-                continue
-            if not members:
-                continue
+        classes = int(self.model.num_classes)
+        members = [i for i, r in enumerate(requests) if r.task in IMAGE_TASKS and results[i].error is None]
+        if not classes:
+            for i in [i for i in members if requests[i].task != FEATURES]:
+                self._refuse(results[i], NOT_SUPPORTED, "this is a feature-vector model: it has no "
+                                                        "classifier; use /v1/features")
+            members = [i for i in members if requests[i].task == FEATURES]
+        if members:
+            # Every task of the batch in one model call: with a classifier, logits and features come
+            # from the same pass (the classifier is one small matrix product on the features).
+            compute = self._logits_and_features if classes else self.model.features
             deadlines = [requests[i].deadline for i in members]
             start = time.perf_counter()
             outputs = self._run(compute, [x for i in members for x in pixels[i]],
                                 None if None in deadlines else max(deadlines))
             model_seconds += time.perf_counter() - start
-            if outputs is None:  # every request of the group expired while it ran: stopped early
+            if outputs is None:  # every request of the batch expired while it ran: stopped early
                 for i in members:
                     self._refuse(results[i], EXPIRED, "expired while computing")
-                continue
-            images_run += len(outputs)
+                members = []
+            else:
+                images_run += len(outputs)
             offset = 0
             for i in members:
-                count = len(pixels[i])
-                rows = outputs[offset: offset + count]
-                offset += count
-                if requests[i].task == CLASSIFY:
-                    results[i].outputs = decode_top_k(rows, requests[i].top_k, self.labels)
-                elif requests[i].task == LOGITS_AND_FEATURES:
-                    logits, features = rows[:, :self.model.num_classes], rows[:, self.model.num_classes:]
-                    results[i].outputs, results[i].features = list(logits.numpy()), list(features.numpy())
-                    if requests[i].top_k > 0:
-                        results[i].top_k = decode_top_k(logits, requests[i].top_k, self.labels)
-                else:
-                    results[i].outputs = list(rows.numpy())
-                    if requests[i].task == LOGITS and requests[i].top_k > 0:
-                        results[i].top_k = decode_top_k(rows, requests[i].top_k, self.labels)
+                rows = outputs[offset: offset + len(pixels[i])]
+                offset += len(pixels[i])
+                self._fill(results[i], requests[i], rows[:, :classes], rows[:, classes:])
         for i, request in enumerate(requests):
             if request.task == INFO:
                 results[i].info = self.info()
@@ -241,6 +229,18 @@ class Predictor:
             return self.transform(decode_image(image.data, max_pixels=self.max_pixels), self.size), None
         except ImageDecodeError as error:
             return None, f"cannot decode image: {error.reason}"
+
+    def _fill(self, result: PredictResult, request: PredictRequest, logits: torch.Tensor,
+              features: torch.Tensor) -> None:
+        """``result``'s outputs for ``request``'s task from its images' rows."""
+        if request.task == CLASSIFY:
+            result.outputs = decode_top_k(logits, request.top_k, self.labels)
+            return
+        result.outputs = list((features if request.task == FEATURES else logits).numpy())
+        if request.task == LOGITS_AND_FEATURES:
+            result.features = list(features.numpy())
+        if request.task != FEATURES and request.top_k > 0:
+            result.top_k = decode_top_k(logits, request.top_k, self.labels)
 
     def _logits_and_features(self, images: torch.Tensor) -> torch.Tensor:
         """``[logits | features]`` per image, from one pass through the network."""

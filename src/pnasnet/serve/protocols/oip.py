@@ -31,6 +31,7 @@ import numpy as np
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from ...version import __version__
 from ..gateway import Gateway, Route, error_error
 from ..http_inputs import RequestRefused, parse_top_k, read_body
 from ..predictor import FEATURES, LOGITS, LOGITS_AND_FEATURES, ImageInput, PredictRequest
@@ -41,15 +42,6 @@ CLASS_OUTPUTS = ("logits", "probabilities", "top_k")
 OUTPUTS = (*CLASS_OUTPUTS, "features")
 INPUT_NAMES = ("image", "images")
 EXTENSIONS = ["binary_tensor_data", "classification"]
-
-
-def _server_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("pnasnet")
-    except Exception:
-        return "unknown"
 
 
 def _unknown_model(name: str, version: str | None, served: str) -> RequestRefused | None:
@@ -162,7 +154,7 @@ def input_images(header: dict, binary: memoryview, size: int) -> list[ImageInput
             array = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         else:
             try:
-                array = np.asarray(_flat(tensor["data"]), dtype=np.float32)
+                array = np.asarray(tensor["data"], dtype=np.float32).reshape(-1)  # flat or nested, in C
             except (TypeError, ValueError):
                 raise bad_request(f"{what}: FP32 'data' must be numbers") from None
             if array.size != count:
@@ -202,6 +194,8 @@ def requested_outputs(header: dict, has_classes: bool, max_top_k: int) -> list[_
         classes = params.get("classification", params.get("top_k", 5 if name == "top_k" else 0))
         if name == "features" and classes:
             raise bad_request("output 'features' has no classification")
+        if name == "top_k" and not classes:  # top_k is the classification: there is no top 0
+            raise bad_request("output 'top_k': 'classification' must be at least 1")
         try:
             k = parse_top_k(classes, 0, max_top_k) if classes else 0
         except RequestRefused as refusal:
@@ -250,7 +244,7 @@ def infer_response(header: dict, name: str, tensors: list[tuple[dict, bytes | No
 def routes(gateway: Gateway) -> list[Route]:
     settings = gateway.settings
     served = settings.served_name()
-    server = {"name": "pnasnet", "version": _server_version(), "extensions": EXTENSIONS}
+    server = {"name": "pnasnet", "version": __version__, "extensions": EXTENSIONS}
 
     async def server_metadata() -> dict:
         """Server name, version and protocol extensions."""
