@@ -111,8 +111,9 @@ def test_bfloat16_refused_per_class_before_any_work(monkeypatch):
 
 
 def test_options_are_checked_against_the_cpu_class_in_use(acting_as):
-    zen3 = replace(cpu_support(), avx512=False, avx512_vnni=False, avx_vnni=False, avx512_bf16=False,
-                   avx_ne_convert=False, amx=False)
+    # an x86 AVX2 class whatever the host (on an Arm host the host's arch would decide bf16 otherwise)
+    zen3 = replace(cpu_support(), arch="x86_64", fused_ops=True, avx512=False, avx512_vnni=False, avx_vnni=False,
+                   avx512_bf16=False, avx_ne_convert=False, amx=False)
     acting_as(zen3)
     with pytest.raises(PrecisionUnavailableError, match="bfloat16 needs a CPU with AVX-512"):
         check_backend_choice("auto", "bfloat16")
@@ -167,3 +168,13 @@ def test_cli_bfloat16_on_an_avx2_cpu_says_why_and_does_nothing(tmp_path):
                    "--precision", "bfloat16", "--out", str(out), "-q"], {"home": str(tmp_path / "cache")})
         assert ok.returncode == 0, ok.stderr
         assert out.exists()
+
+
+def test_training_in_bfloat16_is_refused_before_any_work_where_it_cannot_run(acting_as, tmp_path):
+    from pnasnet.training import train
+
+    acting_as(replace(cpu_support(), arch="x86_64", avx512=False, avx512_bf16=False, avx_ne_convert=False, amx=False))
+    with pytest.raises(ValueError, match="--bf16 needs a CPU with bfloat16 convolutions.*x86_64 AVX2"):
+        train(tmp_path / "no images here", tmp_path / "out", model="pnasnet5_mobile", mode="full", bfloat16=True,
+              device="cpu")
+    assert not (tmp_path / "out").exists()

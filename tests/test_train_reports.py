@@ -86,8 +86,10 @@ def test_head_mode_reports_best_epoch_class_weights_tensorboard_and_card(imbalan
                  f"the weights of epoch {best.epoch} of 8, the best by validation accuracy",
                  "| class | precision | recall | F1 | images |",
                  f"pnasnet.create_model({str(out)!r})", f"pnasnet classify --model {out} photo.jpg",
-                 "--keep best --class-weight balanced", "it trains the same model"):
+                 # the command as typed (CLI-only flags such as --workers included), not one rebuilt from settings
+                 "--keep best --class-weight balanced --tensorboard", "--workers 0 --cache-dir"):
         assert text in card, text
+    assert "it trains the same model" not in card  # that note is for runs started from Python
     assert ("![learning curves](curves.png)" in card) == matplotlib_available()
     assert not list(out.glob("*.tmp"))
     model = pnasnet.create_model(str(out))
@@ -264,3 +266,28 @@ def test_geometric_augmentation_moves_pixels_as_keras_does(monkeypatch):
     # a rotation by 90 degrees of a square image turns rows into columns
     rotated = GeometricAugmentation(rotation_range=90)(ramp, torch.Generator())
     torch.testing.assert_close(rotated, ramp.transpose(1, 2).flip(1), atol=1e-5, rtol=0)
+
+
+def test_the_card_command_gives_the_same_options_back():
+    """The model card's command for a run started from Python, parsed by the real `pnasnet train`
+    parser, reproduces every option that has a flag (a switch is a bare flag, never `--x True`)."""
+    import dataclasses
+
+    from pnasnet.cli.main import build_parser
+    from pnasnet.training.model_card import equivalent_command
+
+    defaults = TrainOptions()
+    changed = {}
+    for f in dataclasses.fields(TrainOptions):  # every option away from its default
+        value = getattr(defaults, f.name)
+        if isinstance(value, bool) or f.name == "bounded_activation":
+            changed[f.name] = not value if isinstance(value, bool) else True
+    changed.update(mode="full", epochs=3, learning_rate=0.02, batch_size=4, keep="best", class_weight="balanced")
+    options = dataclasses.replace(defaults, **changed)
+    command = equivalent_command("imgs", "out", "pnasnet5_mobile", None, options)
+    args = build_parser().parse_args(command[1:])
+    parsed = TrainOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainOptions)
+                             if hasattr(args, f.name)})
+    for f in dataclasses.fields(TrainOptions):
+        if hasattr(args, f.name):
+            assert getattr(parsed, f.name) == getattr(options, f.name), f.name

@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.invoked_as = ["pnasnet", *(sys.argv[1:] if argv is None else argv)]  # e.g. for the model card
     try:
         return args.func(args)
     except BrokenPipeError:  # output piped into `head` and closed: not an error

@@ -35,7 +35,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     try:
         with download_advice():
             result = train(args.image_dir, args.out, model=args.model, weights=choice.weights, options=options,
-                           overwrite=args.overwrite, reporter=ConsoleReporter(show_bar=not args.quiet))
+                           overwrite=args.overwrite, reporter=ConsoleReporter(show_bar=not args.quiet),
+                           command=getattr(args, "invoked_as", None))  # the card shows the command as typed
     except TrainingInterrupted as stopped:
         print(f"pnasnet: interrupted: {stopped}", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -86,10 +86,11 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor
             (loss + l2_penalty(layer.weight, options.l2_regularizer)).backward()
             optimizer.step()
             step += 1
-            loss_sum += loss.item() * len(y)
+            step_loss = loss.item()
+            loss_sum += step_loss * len(y)
             correct += float((logits.argmax(1) == y).sum())
             seen += len(y)
-            reporter.step(loss.item())
+            reporter.step(step_loss)
         record = EpochRecord(epoch + 1, loss_sum / seen, correct / seen, learning_rate=lr)
         if has_val:
             record.val_loss, record.val_accuracy, _ = evaluate_head(layer, val_x, val_y, options.label_smoothing)

@@ -18,7 +18,8 @@ from .options import TrainOptions
 __all__ = ["equivalent_command", "model_card"]
 
 _FLAG_NAMES = {"bfloat16": "--bf16"}
-_SWITCHES = ("aux_head", "bfloat16", "sync_batch_norm")
+_NO_FLAG = ("aux_loss_weight",)  # settable from Python only
+# tests/test_train_reports.py parses the result with the real `pnasnet train` parser
 
 
 def equivalent_command(image_dir: str | os.PathLike, out: str | os.PathLike, model: str,
@@ -34,10 +35,10 @@ def equivalent_command(image_dir: str | os.PathLike, out: str | os.PathLike, mod
     defaults = TrainOptions()
     for f in dataclasses.fields(options):
         value = getattr(options, f.name)
-        if value == getattr(defaults, f.name) or value is None:
+        if value == getattr(defaults, f.name) or value is None or f.name in _NO_FLAG:
             continue
         flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
-        if f.name in _SWITCHES:
+        if isinstance(value, bool):  # a switch: the bare flag (every switch defaults to off)
             command += [flag] if value else []
         else:
             command += [flag, str(value)]

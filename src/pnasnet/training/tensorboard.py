@@ -48,13 +48,10 @@ class TensorBoardReporter:
     tells where the run starts: epoch ``e`` after ``done`` of its ``steps`` steps purges the
     epochs from ``e`` on and the optimizer steps after ``(e - 1) * steps + done``."""
 
-    def __init__(self, inner: TrainReporter, log_dir: str | os.PathLike, *, step_loss: bool = True):
-        check_tensorboard_available()
+    def __init__(self, inner: TrainReporter, log_dir: str | os.PathLike):
         self.inner = inner
         self.log_dir = Path(log_dir)
-        self.step_loss = step_loss
         self._writers: dict[str, object] | None = None
-        self._steps_per_epoch = 0
         self._global_step = 0
 
     # ------------------------------------------------------------------------------ writers
@@ -64,7 +61,7 @@ class TensorBoardReporter:
         first_step = (epoch - 1) * steps + done_steps + 1
         purge = {"train": epoch, "validation": epoch, "train_steps": first_step}
         self._writers = {run: SummaryWriter(str(self.log_dir / run), purge_step=purge[run], flush_secs=30)
-                         for run in RUNS if run != "train_steps" or self.step_loss}
+                         for run in RUNS}
 
     def _scalar(self, run: str, tag: str, value: float | None, step: int) -> None:
         if self._writers is not None and run in self._writers and value is not None:
@@ -80,7 +77,6 @@ class TensorBoardReporter:
     def epoch_start(self, epoch: int, epochs: int, steps: int, done_steps: int = 0) -> None:
         if self._writers is None:
             self._open(epoch, steps, done_steps)
-        self._steps_per_epoch = steps
         self._global_step = (epoch - 1) * steps + done_steps
         self.inner.epoch_start(epoch, epochs, steps, done_steps)
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..model import PNASNet, PNASNetConfig
+from ..inference import cpu_support
 from ..tasks import default_workers
 from ..tasks.inference import model_image_size
 from .checkpoint import CHECKPOINT_FILE, ModelDirLock, check_identity, load_best_weights, load_checkpoint
@@ -151,6 +152,10 @@ def train(image_dir: str | os.PathLike, out: str | os.PathLike, *, model: str = 
     options = dataclasses.replace(options, **settings) if options is not None else TrainOptions(**settings)
     if options.tensorboard is not None:
         check_tensorboard_available()
+    if options.bfloat16 and not str(options.device or "").startswith("cuda") and not torch.cuda.is_available():
+        if not cpu_support().bf16_runs:  # refused before any work, as the inference commands refuse it
+            raise ValueError(f"--bf16 needs a CPU with bfloat16 convolutions (AVX-512, AVX-NE-CONVERT or AMX on "
+                             f"x86, BF16 on Arm); this CPU: {cpu_support().describe()}. Train without --bf16")
     reporter = reporter if reporter is not None else ConsoleReporter()
     out = Path(out)
     if out.resolve().is_relative_to(Path(image_dir).resolve()):
@@ -293,7 +298,7 @@ def _train_full(folder: ImageFolder, out: Path, model_name: str, weights, option
                                  aux_head=options.aux_head, batch_norm_decay=options.batch_norm_decay,
                                  drop_path_keep_prob=options.drop_path_keep_prob)
         del backbone
-    if options.bfloat16 and device.type == "cpu" and not torch.cpu._is_avx512_bf16_supported():
+    if options.bfloat16 and device.type == "cpu" and not cpu_support().bf16_native:
         reporter.note("bfloat16: this CPU has no native bfloat16 arithmetic; it is emulated and may be slower")
     frozen_bn = options.batch_norm_frozen
     reporter.note(f"fine-tuning {model.config.name} at {size} px on {device}: {options.total_epochs} epochs, batch "
