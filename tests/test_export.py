@@ -125,7 +125,13 @@ def test_model_directory_exports_to_every_format_and_classifies_the_same(directo
     print(f"\n  formats exported: {', '.join(reports)}; not available here: {'; '.join(missing) or 'none'}")
     assert "torch-export" in reports
     with torch.no_grad():
-        want = model.classify(photos).argmax(1)
+        logits = model.classify(photos)
+    want = logits.argmax(1)
+    # The class must be the same wherever the top two logits are apart by more than the float32
+    # paths' rounding (~1e-6 relative): a near-tie may fall either way on another CPU's kernels.
+    top2 = logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-3 * float(logits.abs().max())
+    assert int(clear.sum()) >= len(photos) // 2
     for fmt, report in reports.items():
         assert report.image_size == 64 and report.max_rel_err <= FLOAT32_TOLERANCE
         assert json.loads(report.metadata["pnasnet.labels"]) == list(TEXTURES) == model.labels
@@ -133,7 +139,7 @@ def test_model_directory_exports_to_every_format_and_classifies_the_same(directo
         run = {"onnx": export_module._run_onnx, "torch-export": export_module._run_torch_export,
                "openvino": export_module._run_openvino, "tflite": export_module._run_tflite}[fmt](report.path)
         got = torch.from_numpy(np.asarray(run(photos.contiguous())[1])).argmax(1)
-        assert torch.equal(got, want), fmt  # the same class for every photograph
+        assert torch.equal(got[clear], want[clear]), fmt  # the same class for every clear photograph
     if "openvino" in reports:
         import openvino as ov
 
@@ -188,12 +194,17 @@ def test_torch_export_loads_where_pnasnet_cannot_be_imported(directory_exports, 
 
 # ----------------------------------------------------------------------------------- int8, tflite, errors
 @needs("openvino", "onnx", "onnxscript", "nncf")
+@pytest.mark.cpu_dependent  # int8 kernels differ by CPU class (VNNI or AVX2): run again acting as AVX2-only
 def test_openvino_int8_with_calibration_reports_its_centred_cosine(model, photos, tmp_path):
     calibration = torch.nn.functional.interpolate(photos[:6], size=(SIZE, SIZE), mode="bilinear", antialias=True)
     calibration = torch.cat([calibration, calibration.flip(-1)]).clamp(0, 1)
     report = report_line(export(model, "openvino", tmp_path / "int8.xml", image_size=SIZE,
                                 calibration=calibration, verify_images=photos[6:], verified_on="photographs"))
     assert report.precision == "int8" and report.metadata["pnasnet.precision"] == "int8"
+    # the file is quantized for any CPU it may be copied to, not for this one
+    assert report.metadata["pnasnet.int8_overflow_fix"] == "enable"
+    print(f"\n  int8 export: centred cosine min {report.centered_cosine_min:.3f} (threshold 0.8)")
+    # measured 0.922 on a Zen 5 (VNNI) and acting as AVX2-only (the same 7-bit weights, exact int32 sums)
     assert report.centered_cosine_min is not None and report.centered_cosine_min >= 0.8
     assert report.max_rel_err > 1e-4  # quantized: not the float32 function
     with pytest.raises(ValueError, match="one image size"):

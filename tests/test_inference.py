@@ -246,6 +246,8 @@ def test_features_on_each_back_end_and_precision_stay_apart(model, tmp_path, pho
             extract_features(model, photos[:2], out, image_size=SIZE, workers=0, backend="eager",
                              precision="bfloat16")
         assert not out.exists() and not Path(f"{out}.partial").exists()
+        for package in ("openvino", "nncf", "onnxscript"):  # int8 is the reduced precision left here
+            pytest.importorskip(package)
         calibration = load_images(photos, SIZE)
         reduced, options = "int8", {"backend": "openvino", "calibration": calibration}
     extract_features(model, photos[:2], out, image_size=SIZE, workers=0, precision=reduced, **options)

@@ -37,7 +37,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
 import warnings
@@ -172,6 +171,8 @@ def export_metadata(model: PNASNet, image_size: int | None, *, precision: str = 
         "pnasnet.weights": str(source["weights"]) if source else "random (untrained)",
         "pnasnet.exported_with": f"pnasnet, torch {torch.__version__}",
     }
+    if precision == "int8":
+        meta["pnasnet.int8_overflow_fix"] = PORTABLE_OVERFLOW_FIX
     if model.num_classes:
         meta["pnasnet.background_class"] = "index 0" if model.num_classes == 1001 and not hasattr(model, "labels") \
             else "none"
@@ -230,20 +231,21 @@ def _run_torch_export(out: Path):
     return run
 
 
+PORTABLE_OVERFLOW_FIX = "enable"  # NNCF's overflow fix on every layer (see pnasnet.inference.int8)
+
+
 def _write_openvino(model, out: Path, size: int, dynamic_size: bool, meta: dict, calibration) -> list[Path]:
     import openvino as ov
 
-    fd, name = tempfile.mkstemp(prefix="pnasnet-", suffix=".onnx")
-    os.close(fd)
-    try:
-        export_onnx(model, name, image_size=size, dynamic_size=dynamic_size)
-        graph = ov.Core().read_model(name)
-    finally:
-        Path(name).unlink(missing_ok=True)
+    from .graph_cache import openvino_model
+
+    graph = openvino_model(model, size, dynamic_size=dynamic_size)
     if calibration is not None:
         from .int8 import quantize_openvino_model
 
-        graph = quantize_openvino_model(graph, calibration)
+        # A file goes to other machines: quantized for every CPU class (7-bit weights, so that 16-bit
+        # int8 sums cannot saturate where there is no VNNI), not for the one exporting it.
+        graph = quantize_openvino_model(graph, calibration, PORTABLE_OVERFLOW_FIX)
     for key, value in meta.items():
         graph.set_rt_info(value, ["pnasnet", key.removeprefix("pnasnet.")])
     ov.save_model(graph, str(out), compress_to_fp16=False)  # float32 weights: the exact function

@@ -59,16 +59,28 @@ def graph_key(model: PNASNet, image_size: int) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _convert(model: PNASNet, image_size: int, folder: Path) -> Path:
-    """Export ``model`` to ONNX in ``folder`` and save it there as OpenVINO IR; the IR's path."""
+def openvino_model(model: PNASNet, image_size: int, *, dynamic_size: bool = False):
+    """``model`` as an ``openvino.Model`` (our ONNX export, read by OpenVINO; the ONNX file is a
+    temporary one)."""
     import openvino as ov
 
     from .onnx_export import export_onnx
 
-    onnx_path = export_onnx(model, folder / "model.onnx", image_size=image_size)
+    fd, name = tempfile.mkstemp(prefix="pnasnet-", suffix=".onnx")
+    os.close(fd)
+    try:
+        export_onnx(model, name, image_size=image_size, dynamic_size=dynamic_size)
+        return ov.Core().read_model(name)
+    finally:
+        Path(name).unlink(missing_ok=True)
+
+
+def _convert(model: PNASNet, image_size: int, folder: Path) -> Path:
+    """``model``'s OpenVINO IR in ``folder``; the IR's path."""
+    import openvino as ov
+
     xml = folder / MODEL_FILE
-    ov.save_model(ov.Core().read_model(str(onnx_path)), str(xml), compress_to_fp16=False)
-    onnx_path.unlink()
+    ov.save_model(openvino_model(model, image_size), str(xml), compress_to_fp16=False)
     return xml
 
 
