@@ -173,7 +173,7 @@ def test_a_partial_is_resumed_only_from_its_own_url_and_survives_other_mirrors(s
     assert f"The 50000 bytes received from {second} are kept in {cache / 'w.bin.part'}" in str(info.value)
     # Next call: the first mirror fails again without touching the second one's partial, which resumes.
     download([first, second], dest, sha256=SHA, progress=False)
-    assert all(s.range is None for s in a.requests)
+    assert [(s.range, s.status) for s in a.requests] == [(None, 403), (None, 403)]  # asked twice, never resumed
     assert [(s.range, s.status) for s in b.requests] == [(None, 200), ("bytes=50000-", 206)]
     assert dest.read_bytes() == DATA and leftovers(dest) == []
 
@@ -392,8 +392,9 @@ def test_timm_file_in_the_hugging_face_cache_is_used_in_place(tmp_path, cache, m
     source = find_source("pnasnet5_large", "timm")
     assert fetch(source, progress=False) == snapshot
     assert not cached_path(source).exists()                 # used where it is, not copied
-    entry = records(cache)[str(snapshot.resolve())]         # trusted on first use, keyed by its path
-    assert (entry["sha256"], entry["size"]) == (SHA, len(DATA))
+    # Checked against the SHA-256 its blob is named by; nothing recorded for a file that is not ours
+    # (the user may clean that cache: `pnasnet weights verify` must not then report it missing).
+    assert not (cache / "checksums.json").exists()
     assert fetch(source, progress=False) == snapshot
 
     # Checked on every use: once changed, it is left alone (not ours) and not used.
@@ -403,6 +404,17 @@ def test_timm_file_in_the_hugging_face_cache_is_used_in_place(tmp_path, cache, m
         with pytest.raises(DownloadError, match="PNASNET_OFFLINE"):
             fetch(source, progress=False)
     assert snapshot.read_bytes() == OTHER
+
+
+def test_a_hub_blob_whose_content_is_not_its_name_is_not_used(tmp_path, cache, monkeypatch):
+    """The blob's name is the SHA-256 the hub published for the file: a copy that differs from it
+    (corrupted, or replaced) is refused even on its first use here."""
+    snapshot = make_hub_snapshot(tmp_path / "hf-hub", TIMM_REVISION, DATA)
+    snapshot.resolve().write_bytes(OTHER)           # the blob keeps DATA's digest as its name
+    monkeypatch.setenv("PNASNET_OFFLINE", "1")
+    with pytest.warns(CorruptFileWarning, match="Hugging Face cache"):
+        with pytest.raises(DownloadError, match="PNASNET_OFFLINE"):
+            fetch(find_source("pnasnet5_large", "timm"), progress=False)
 
 
 def test_hugging_face_snapshot_of_another_revision_is_not_used(servers, tmp_path, cache):

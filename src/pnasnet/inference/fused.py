@@ -238,6 +238,8 @@ class FusedForward:
             else:
                 out = simple(sides[0]) + simple(sides[1])
             hidden.append(out)
+            if bounded:  # a bounded block's output is ReLU6'd already: its ReLU6 is itself
+                relus[len(hidden) - 1] = out
         return torch.cat(hidden[2:], dim=1)
 
     def _factorized(self, plan: dict, prev_relu: torch.Tensor) -> torch.Tensor:

@@ -355,14 +355,18 @@ def _record_if_new(path: Path, cache: str | os.PathLike | None, sha256: str | No
 def check_existing(path: str | os.PathLike, *, url: str | None = None, sha256: str | None = None,
                    sha256_prefix: str | None = None, cache: str | os.PathLike | None = None) -> str | None:
     """Check a finished file that pnasnet did not download (one in another tool's cache) the way a
-    cached file is checked: against ``sha256`` when given, else its trust-on-first-use record (keyed
-    by its absolute path, recorded now if it has none), and against ``sha256_prefix``.
+    cached file is checked: against ``sha256`` when given (nothing is recorded: the file is not ours
+    and may go away), else its trust-on-first-use record (keyed by its absolute path, recorded now if
+    it has none), and against ``sha256_prefix``.
 
     Returns None when the file may be used, else why not. The file itself is never moved or changed
     (it is not ours); ``url`` is only noted in the record.
     """
-    return _problem_or_trust(Path(path).expanduser().absolute(), url, _normalise_digest(sha256),
-                             _normalise_digest(sha256_prefix, prefix=True), None, cache)
+    path = Path(path).expanduser().absolute()
+    sha256, sha256_prefix = _normalise_digest(sha256), _normalise_digest(sha256_prefix, prefix=True)
+    if sha256 is not None:
+        return _inspect(path, _Expected(sha256, None, "given", sha256_prefix=sha256_prefix))[0]
+    return _problem_or_trust(path, url, None, sha256_prefix, None, cache)
 
 
 def _problem_or_trust(path: Path, url: str | None, sha256: str | None, sha256_prefix: str | None,

@@ -6,8 +6,9 @@ A timm user has usually downloaded ``timm/pnasnet5large.tf_in1k`` before; reusin
     <hub cache>/models--<owner>--<name>/snapshots/<revision>/<filename>
 
 Only the snapshot of the pinned commit is accepted: a snapshot of another revision (or whatever
-``refs/main`` points at) may hold a different file, and nothing here could tell, because the hub
-publishes no digest we could check it against without the network.
+``refs/main`` points at) may hold a different file. The snapshot entry is a link into ``blobs/``,
+and a large (LFS) file's blob is named by the SHA-256 of its content (:func:`blob_sha256`), which
+is what the copy is checked against.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["HubFile", "find_in_hub_cache", "hub_cache_dir"]
+__all__ = ["HubFile", "blob_sha256", "find_in_hub_cache", "hub_cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,14 @@ def find_in_hub_cache(file: HubFile) -> Path | None:
     if isinstance(found, (str, os.PathLike)) and Path(found).is_file():
         return Path(found)
     return None
+
+
+def blob_sha256(path: str | os.PathLike) -> str | None:
+    """The SHA-256 a hub snapshot file's blob is named by (an LFS object's id is the SHA-256 of its
+    content), or None where the file is not a link to such a blob (a small git-stored file is named
+    by its 40-hex git hash; a copy made where links are not available has no blob name)."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    name = path.resolve().name
+    return name if len(name) == 64 and all(c in "0123456789abcdef" for c in name) else None

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .download import CorruptFileWarning, cache_dir, check_existing, download
-from .hf_cache import HubFile, find_in_hub_cache
+from .hf_cache import HubFile, blob_sha256, find_in_hub_cache
 
 
 @dataclass(frozen=True)
@@ -147,8 +147,9 @@ def find_in_other_caches(source: WeightsSourceInfo, *, cache: str | os.PathLike 
     found = find_in_hub_cache(source.hub_file)
     if found is None:
         return None
-    problem = check_existing(found, url=source.url, sha256=source.sha256, sha256_prefix=source.sha256_prefix,
-                             cache=cache)
+    # the published digest, else the one the hub's blob is named by (trust on first use only without either)
+    problem = check_existing(found, url=source.url, sha256=source.sha256 or blob_sha256(found),
+                             sha256_prefix=source.sha256_prefix, cache=cache)
     if problem is not None:
         # Not ours to move aside (another tool owns it): say so and download our own copy instead.
         warnings.warn(CorruptFileWarning(f"{found} (Hugging Face cache) failed verification ({problem}); "
