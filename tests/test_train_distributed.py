@@ -62,7 +62,8 @@ def _train_args(images: Path, out: Path) -> list[str]:
     return ["train", str(images), "--out", str(out), "--mode", "full", "--model", "auto", "--weights", str(FIXTURE),
             "--image-size", "48", "--epochs", str(EPOCHS), "--batch-size", str(BATCH), "--validation-fraction",
             "0.25", "--learning-rate", "0.02", "--workers", "0", "--sync-batch-norm", "--freeze-batch-norm", "off",
-            "--keep", "best", "--tensorboard", str(out.parent / "tensorboard"), "-q"]
+            "--keep", "best", "-q"] + (  # the train extra: curves checked below where it is installed
+        ["--tensorboard", str(out.parent / "tensorboard")] if importlib.util.find_spec("tensorboard") else [])
 
 
 def _trace(folder: Path, rank: int) -> dict[int, tuple[str, int, list[int]]]:

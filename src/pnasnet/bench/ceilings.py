@@ -8,20 +8,14 @@ from __future__ import annotations
 import os
 import platform
 import time
-from pathlib import Path
 
 
 def cpu_info() -> dict:
-    from ..inference.cpu import cpu_flags, cpu_support
+    from ..inference.cpu import cpu_flags, cpu_model_name, cpu_support
 
     info = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version()}
-    try:
-        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
-            if line.startswith("model name"):
-                info["model"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    if cpu_model_name():
+        info["model"] = cpu_model_name()
     info["isa"] = sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx")) or f in ("avx2", "fma", "avx_vnni"))
     info["cpu_support"] = cpu_support().as_dict()  # the class the back ends acted on (after any override)
     return info

@@ -92,7 +92,7 @@ def timm_model(spec: dict):
     return model.eval()
 
 
-def _torch_runner(fn, layout_cl: bool = False, dtype=None):
+def _torch_runner(fn, layout_cl: bool = False):
     import torch
 
     def run(x):
@@ -126,25 +126,22 @@ def build_contender(name: str, spec: dict):
         # What `pnasnet classify/features` do: convert the model in place, and keep freed memory
         # once the first batch is done (here: after the warm-up call, see worker_main).
         info["keep_freed_memory_after_warmup"] = spec.get("keep_freed_memory", True)
-        if name == "pnasnet-auto":
+        if name == "pnasnet-auto":  # what the commands run by default, from the user's graph cache
             from pnasnet.inference import backend_of, for_inference
 
             fast = for_inference(model, "auto", image_size=spec["size"], threads=threads, in_place=True)
             info["auto"] = f"{backend_of(fast)} ({fast.chosen_by})"
-            fast.check_input_range = False
-            del model
-            return _torch_runner(fast.classify), info
-        backend = {"eager": "eager", "compile": "compile", "onnxruntime": "onnxruntime",
-                   "openvino": "openvino"}[name.split("-")[1]]
-        precision = "bfloat16" if name.endswith("bf16") else "int8" if name.endswith("int8") else "float32"
-        calibration = None
-        if precision == "int8":
-            from .photos import calibration_photographs
+        else:
+            backend = name.split("-")[1]
+            precision = "bfloat16" if name.endswith("bf16") else "int8" if name.endswith("int8") else "float32"
+            calibration = None
+            if precision == "int8":
+                from .photos import calibration_photographs
 
-            calibration = calibration_photographs(spec["size"])
-        fast = optimize(model, backend, precision, image_size=spec["size"], threads=threads,
-                        onnx_path=spec.get("ours_onnx") if backend in ("onnxruntime", "openvino") else None,
-                        calibration=calibration, in_place=backend in ("eager", "compile"))
+                calibration = calibration_photographs(spec["size"])
+            fast = optimize(model, backend, precision, image_size=spec["size"], threads=threads,
+                            onnx_path=spec.get("ours_onnx") if backend in ("onnxruntime", "openvino") else None,
+                            calibration=calibration, in_place=True)
         fast.check_input_range = False
         del model
         return _torch_runner(fast.classify), info

@@ -354,13 +354,7 @@ def resolve_args(args) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    if argv[:1] == ["--worker"]:
-        from .worker import main as worker
-
-        return worker(argv)
-    args = resolve_args(build_parser().parse_args(argv))
+    args = resolve_args(build_parser().parse_args(sys.argv[1:] if argv is None else argv))
     results = run_benchmark(args)
     results["foreign_limit"] = args.foreign_limit
     print_table(results)

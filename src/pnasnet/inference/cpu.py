@@ -147,20 +147,30 @@ class CpuSupport:
 
 
 # --------------------------------------------------------------------------------------- detection
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux names them (x86 ``flags``, Arm ``Features``)."""
-    if sys.platform == "darwin":
-        return _darwin_flags()
+def _cpuinfo_field(*keys: str) -> str | None:
+    """The first /proc/cpuinfo line with one of ``keys``, its value; None without that file or line."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
             text = handle.read()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux names them (x86 ``flags``, Arm ``Features``)."""
+    if sys.platform == "darwin":
+        return _darwin_flags()
+    return set((_cpuinfo_field("flags", "Features") or "").split())
+
+
+def cpu_model_name() -> str | None:
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. "AMD EPYC"), or None."""
+    return _cpuinfo_field("model name")
 
 
 def _darwin_flags() -> set[str]:

@@ -161,40 +161,29 @@ def _quiet_exporter_log():
 
 
 def export_onnx(model: PNASNet, path: str | os.PathLike, *, image_size: int | None = None,
-                opset: int = DEFAULT_OPSET, fold: bool = True, dynamic_size: bool = False) -> Path:
-    """Write ``model`` as an ONNX file (weights inside it) for ``image_size`` x ``image_size`` images
-    (default: the model's own size) and any batch size; with ``dynamic_size`` for any height and
-    width from :func:`dynamic_min_size` up (``image_size`` is then only the traced example). Returns
-    the path."""
+                opset: int = DEFAULT_OPSET, dynamic_size: bool = False) -> Path:
+    """Write ``model`` (its folded copy; ``model`` is left unchanged) as an ONNX file (weights
+    inside it) for ``image_size`` x ``image_size`` images (default: the model's own size) and any
+    batch size; with ``dynamic_size`` for any height and width from :func:`dynamic_min_size` up
+    (``image_size`` is then only the traced example). Returns the path."""
     _require("onnx")
     _require("onnxscript")
     size = int(image_size or model.expected_image_size[0])
     if size < model.min_image_size:
         raise ValueError(f"image size {size} is below the {model.config.name} minimum of {model.min_image_size}")
     if dynamic_size:
-        if not fold:
-            raise ValueError("a dynamic-size export changes the padding modules: it needs fold=True (a copy)")
         size = max(size, dynamic_min_size(model))
-    if fold:
-        wrapper, inference, saved_check = export_module(model, dynamic_size), None, None
-    else:  # the model itself: its input check is switched off for the trace and back on after
-        inference, saved_check = model, model.check_input_range
-        model.check_input_range = False
-        wrapper = ExportWrapper(model).eval()
+    wrapper = export_module(model, dynamic_size)
     example = torch.rand(2, 3, size, size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_log():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                wrapper, (example,), None, input_names=["images"], output_names=output_names(model),
-                dynamic_shapes=dynamic_shapes(model, dynamic_size), opset_version=opset, dynamo=True,
-                external_data=False, verbose=False)
-        program.save(str(path), external_data=False)
-    finally:
-        if inference is not None:
-            inference.check_input_range = saved_check
+    with warnings.catch_warnings(), torch.no_grad(), _quiet_exporter_log():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            wrapper, (example,), None, input_names=["images"], output_names=output_names(model),
+            dynamic_shapes=dynamic_shapes(model, dynamic_size), opset_version=opset, dynamo=True,
+            external_data=False, verbose=False)
+    program.save(str(path), external_data=False)
     return path
 
 
