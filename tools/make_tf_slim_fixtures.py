@@ -78,7 +78,6 @@ import json
 import os
 import platform
 import re
-import sys
 import time
 
 # Plain (non-oneDNN) CPU kernels: the reference numbers should not depend on

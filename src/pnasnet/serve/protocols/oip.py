@@ -35,7 +35,7 @@ from ...version import __version__
 from ..gateway import Gateway, Route, error_error
 from ..http_inputs import RequestRefused, parse_top_k, read_body
 from ..predictor import FEATURES, LOGITS, LOGITS_AND_FEATURES, ImageInput, PredictRequest
-from .tensors import VERSION, bad_request, check_count, decode_b64, pixel_images, softmax
+from .tensors import VERSION, bad_request, check_count, decode_b64, json_object, pixel_images, softmax
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 CLASS_OUTPUTS = ("logits", "probabilities", "top_k")
@@ -62,13 +62,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, memoryview
         cut = int(header_length)
     else:
         cut = len(body)
-    try:
-        header = json.loads(bytes(body[:cut]))
-    except (ValueError, UnicodeDecodeError) as error:
-        raise bad_request(f"the request is not valid JSON: {error}") from None
-    if not isinstance(header, dict):
-        raise bad_request("the request must be a JSON object with 'inputs'")
-    return header, memoryview(body)[cut:]
+    return json_object(bytes(body[:cut]), "'inputs'"), memoryview(body)[cut:]
 
 
 def _shape(tensor: dict, what: str) -> list[int]:

@@ -3,6 +3,8 @@ probabilities from logits."""
 
 from __future__ import annotations
 
+import json
+
 import base64
 import binascii
 
@@ -59,3 +61,15 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def json_object(raw: bytes, needs: str) -> dict:
+    """The request body ``raw`` as a JSON object; 400 if it is not JSON, or not an object (the
+    message says it must hold ``needs``, e.g. "'inputs'")."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise bad_request(f"the request is not valid JSON: {error}") from None
+    if not isinstance(body, dict):
+        raise bad_request(f"the request must be a JSON object with {needs}")
+    return body

@@ -18,7 +18,6 @@ Errors: ``{"error": "..."}`` with the server's status codes.
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 from starlette.requests import Request
@@ -27,7 +26,7 @@ from starlette.responses import Response
 from ..gateway import Gateway, Route, error_error
 from ..http_inputs import RequestRefused, read_body
 from ..predictor import FEATURES, LOGITS, ImageInput, PredictRequest
-from .tensors import VERSION, bad_request, check_count, decode_b64, pixel_images
+from .tensors import VERSION, bad_request, check_count, decode_b64, json_object, pixel_images
 
 CLASSIFICATION_SIGNATURES = ("serving_default", "default", "image_classification")
 SIGNATURES = (*CLASSIFICATION_SIGNATURES, "image_feature_vector")
@@ -87,12 +86,7 @@ def routes(gateway: Gateway) -> list[Route]:
             if refusal := _unknown_model(name, version, served):
                 raise refusal
             raw = await read_body(request, settings)
-            try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as error:
-                raise bad_request(f"the request is not valid JSON: {error}") from None
-            if not isinstance(body, dict):
-                raise bad_request("the request must be a JSON object with 'instances' or 'inputs'")
+            body = json_object(raw, "'instances' or 'inputs'")
             signature = body.get("signature_name") or "serving_default"
             if signature not in SIGNATURES:
                 raise bad_request(f"unknown signature_name {signature!r}; this model has {', '.join(SIGNATURES)}")
