@@ -109,7 +109,7 @@ def _readable_split(folder: ImageFolder, unreadable: Sequence[tuple[str, str]], 
 
 def _class_weights(folder: ImageFolder, split: Split, options: TrainOptions,
                    reporter: TrainReporter) -> list[float] | None:
-    weights = class_weights([row["train"] for row in split.balance(folder.classes)], options.class_weight)
+    weights = class_weights(folder.counts(split.train), options.class_weight)
     if weights is not None:
         reporter.note(f"class weights ({options.class_weight}): "
                       + ", ".join(f"{label} {w:.3g}" for label, w in zip(folder.classes, weights)))
