@@ -33,6 +33,7 @@ from ..tasks.formats import output_for
 from ..tasks.inference import model_image_size
 from ..tasks.inputs import printable_path
 from ..tasks.progress import Progress
+from ..weights.cache import sha256_file
 
 __all__ = ["CachedFeatures", "cached_features", "default_feature_cache_dir"]
 
@@ -41,14 +42,6 @@ def default_feature_cache_dir() -> Path:
     from ..weights.download import cache_dir
 
     return cache_dir() / "train-features"
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -99,7 +92,7 @@ def cached_features(model: PNASNet, paths: Sequence[str], *, cache_dir: str | os
     digests: dict[str, str] = {}
     for path in paths:
         try:
-            digests[path] = _file_sha256(path)
+            digests[path] = sha256_file(path)
         except OSError as error:
             result.failed.append((path, f"cannot read the file ({error.strerror or error})"))
     store = _read_store(folder)
