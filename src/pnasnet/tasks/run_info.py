@@ -36,8 +36,8 @@ class RunInfo:
     # written before this field existed were float32.
     precision: str = "float32"
     # Which back end computed the vectors, e.g. "openvino float32" (a file output: the last run that
-    # added to it; a Parquet folder written on Ray: what the run that created it asked each actor
-    # for); not identity, for the reason above. "" where it was not recorded.
+    # added to it; a Parquet folder written on Ray: in each part, what the run that wrote it asked
+    # each actor for); not identity, for the reason above. "" where it was not recorded.
     backend: str = ""
     # TF-Slim's use_bounded_activation (ReLU6): the same parameters compute another function, so it
     # is identity. Outputs written before this field existed were made without it.
